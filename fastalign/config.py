@@ -18,6 +18,8 @@ LOSSES = ("dpo", "cdpo", "robust", "ipo", "slic", "simpo")
 ORACLES = ("vader", "callable", "reward-model", "judge")
 ENGINES = ("auto", "vllm", "hf")
 EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
+ERM_FEATURES = ("minilm", "policy")
+RESPONSE_SOURCES = ("policy", "reference")
 PREFERENCE_MODES = ("deterministic", "bt")
 LOGPROB_IMPLS = ("auto", "fused", "naive")
 DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes it natively
@@ -59,7 +61,11 @@ class RunConfig:
     # --- exploration ---
     explore: str = "passive"  # or a SEA rule over the epistemic reward model's samples
     erm_heads: int = 20
-    erm_features: str = "minilm"
+    erm_features: str = "minilm"  # or "policy": the frozen initial policy's last hidden state (no extra model)
+    mixed_share: float = 0.0  # SEA mixed preference learning: share of prompts labelled by the reward model
+    mixed_burn_in: int = 32  # oracle queries before the reward model labels any pair itself
+    eval_best_of_n: int = 0  # >0: also judge the best of N sampled responses by the reward model's mean
+    responses_from: str = "policy"  # "reference": pairs sampled from the frozen reference (offline DPO)
     # --- learner ---
     loss: str = "dpo"
     beta: float = 0.1
@@ -95,7 +101,19 @@ class RunConfig:
         choice("oracle", ORACLES)
         choice("engine", ENGINES)
         choice("explore", EXPLORERS)
-        choice("erm_features", ("minilm",))
+        choice("erm_features", ERM_FEATURES)
+        choice("responses_from", RESPONSE_SOURCES)
+        if not 0 <= self.mixed_share < 1:
+            raise ConfigError(f"mixed_share must be in [0, 1), got {self.mixed_share}")
+        sea_only = {"mixed_share": self.mixed_share > 0, "eval_best_of_n": self.eval_best_of_n != 0}
+        for name, used in sea_only.items():
+            if used and self.explore == "passive":
+                raise ConfigError(f"--{name} needs the epistemic reward model: pick a SEA --explore "
+                                  f"(ee-ts, bai-ts, uncertainty, best-worst, best-of-n), not passive")
+        if self.eval_best_of_n == 1 or self.eval_best_of_n < 0:
+            raise ConfigError(f"eval_best_of_n must be 0 (off) or ≥ 2, got {self.eval_best_of_n}")
+        if self.mixed_burn_in < 0:
+            raise ConfigError(f"mixed_burn_in must be ≥ 0, got {self.mixed_burn_in}")
         if self.erm_heads < 1:
             raise ConfigError(f"erm_heads must be ≥ 1, got {self.erm_heads}")
         choice("preference", PREFERENCE_MODES)

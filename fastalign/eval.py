@@ -47,6 +47,22 @@ class WinRateEvaluator:
         return metrics, policy
 
 
+    def evaluate_best_of_n(self, score, n: int, seed: int, temperature: float = 1.0,
+                           top_p: float = 1.0) -> dict[str, float]:
+        """Win rate of the best of n sampled responses by `score` ([B, N] rewards, e.g. the epistemic
+        reward model's mean) — how much the reward model alone adds on top of the policy."""
+        samples = self.engine.generate([p.token_ids for p in self.prompts], n=n, max_new_tokens=self.max_new_tokens,
+                                       temperature=temperature, top_p=top_p, seed=seed)
+        best = np.asarray(score(self.prompts, samples)).argmax(axis=1)
+        chosen = [row[k] for row, k in zip(samples, best)]
+        pref = self.oracle.compare([p.instruction for p in self.prompts], [c.text for c in chosen],
+                                   [c.text for c in self.reference], count=False)
+        first = [row[0] for row in samples]  # an unranked sample: the baseline best-of-n must beat
+        base = self.oracle.compare([p.instruction for p in self.prompts], [c.text for c in first],
+                                   [c.text for c in self.reference], count=False)
+        return {"bon_win_rate": win_rate(pref.prob_a)[0], "sample_win_rate": win_rate(base.prob_a)[0]}
+
+
 def plot_win_rate(eval_rows: list[dict], out_png: str | Path, title: str = "") -> Path:
     """Win rate against oracle queries, as a PNG a person can glance at."""
     import matplotlib

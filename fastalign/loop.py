@@ -21,7 +21,7 @@ from .learner.distributed import all_reduce_sum, is_main_process
 from .learner.learner import PolicyLearner
 from .metrics import MetricsLogger, read_metrics
 from .oracle import Oracle
-from .types import Completion, Preference, PreferencePair, Prompt
+from .types import Completion, PreferencePair, Prompt
 
 STAGES = ("generate", "select", "oracle", "reward_model", "learn", "sync")
 
@@ -37,16 +37,18 @@ class LoopState:
 
 
 def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray,
-               pref: Preference) -> list[PreferencePair]:
-    """Chosen/rejected records from the selected indices and the oracle's labels."""
+               a_wins: np.ndarray, from_oracle: np.ndarray | None = None) -> list[PreferencePair]:
+    """Chosen/rejected records from the selected indices and their labels (a = idx[:, 0])."""
     pairs = []
+    from_oracle = np.ones(len(prompts), dtype=bool) if from_oracle is None else from_oracle
     for k, (p, row) in enumerate(zip(prompts, completions)):
         a, b = row[idx[k, 0]], row[idx[k, 1]]
-        chosen, rejected = (a, b) if pref.a_wins[k] else (b, a)
+        chosen, rejected = (a, b) if a_wins[k] else (b, a)
         pairs.append(PreferencePair(
             prompt_ids=p.token_ids, chosen_ids=chosen.token_ids, rejected_ids=rejected.token_ids,
             chosen_text=chosen.text, rejected_text=rejected.text, prompt_text=p.instruction,
-            chosen_behaviour_logprob=chosen.logprob_sum, rejected_behaviour_logprob=rejected.logprob_sum))
+            chosen_behaviour_logprob=chosen.logprob_sum, rejected_behaviour_logprob=rejected.logprob_sum,
+            from_oracle=bool(from_oracle[k])))
     return pairs
 
 
@@ -59,6 +61,7 @@ class OnlineLoop:
         self.rank, self.world_size, self.tokenizer = rank, world_size, tokenizer
         self.state = LoopState()
         self.out = Path(cfg.output_dir)
+        self.engine_weights = "reference"  # the engine starts with the initial (= reference) weights
 
     # ------------------------------------------------------------------ one round
     def round(self) -> dict[str, float]:
@@ -66,26 +69,31 @@ class OnlineLoop:
         t = time.perf_counter()
         prompts = self.stream.next_batch(cfg.batch_size)
         seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
+        if cfg.responses_from == "reference":
+            self.load_engine("reference")
         completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
                                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                            top_p=cfg.top_p, seed=seed)
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
-        idx = self.explorer.select(prompts, completions)
+        idx = self.explorer.select(prompts, completions, queries=self.state.queries)
         keep = np.flatnonzero(idx[:, 0] >= 0)  # rows whose responses were all identical have no pair
         prompts, completions, idx = [prompts[k] for k in keep], [completions[k] for k in keep], idx[keep]
+        by_model = self.explorer.model_labelled[keep]  # mixed preference: labelled by the reward model
         times["select"], t = time.perf_counter() - t, time.perf_counter()
 
-        pref = self.oracle.compare([p.instruction for p in prompts],
-                                   [row[i].text for row, i in zip(completions, idx[:, 0])],
-                                   [row[j].text for row, j in zip(completions, idx[:, 1])])
+        asked = np.flatnonzero(~by_model)
+        pref = self.oracle.compare([prompts[k].instruction for k in asked],
+                                   [completions[k][idx[k, 0]].text for k in asked],
+                                   [completions[k][idx[k, 1]].text for k in asked])
+        a_wins, informative = np.ones(len(prompts), dtype=bool), np.ones(len(prompts), dtype=bool)
+        a_wins[asked], informative[asked] = pref.a_wins, pref.prob_a != 0.5  # a tie carries no preference
         times["oracle"], t = time.perf_counter() - t, time.perf_counter()
 
-        informative = pref.prob_a != 0.5  # a tie carries no preference
-        explore_metrics = self.explorer.observe(keep, idx, pref.a_wins, informative)
+        explore_metrics = self.explorer.observe(keep, idx, a_wins, informative & ~by_model)
         times["reward_model"], t = time.perf_counter() - t, time.perf_counter()
 
-        pairs = make_pairs(prompts, completions, idx, pref)
+        pairs = make_pairs(prompts, completions, idx, a_wins, from_oracle=~by_model)
         if self.world_size == 1:  # drop ties; ranks in a group keep them at weight 0 to stay in step
             pairs = [p for p, keep_it in zip(pairs, informative) if keep_it]
             weights = [1.0] * len(pairs)
@@ -94,27 +102,42 @@ class OnlineLoop:
         train_metrics = self.learner.step(pairs, weights) if sum(weights) > 0 or self.world_size > 1 else {}
         times["learn"], t = time.perf_counter() - t, time.perf_counter()
 
-        if train_metrics:
-            self.engine.update_weights(self.learner.named_weights())
+        if train_metrics and cfg.responses_from == "policy":
+            self.load_engine("policy")
         times["sync"] = time.perf_counter() - t
 
         self.state.round += 1
         self.state.queries = int(all_reduce_sum(self.oracle.queries))
         self.state.pairs_trained += len(pairs)
-        self.state.ties += int((~informative).sum())
+        ties = int((~informative).sum())
+        self.state.ties += ties
         total = sum(times.values())
         row = {"round": self.state.round, **train_metrics, **explore_metrics,
                **{f"time/{k}": v for k, v in times.items()},
-               "pairs_per_sec": len(prompts) * self.world_size / total, "ties": int((~informative).sum()),
+               "pairs_per_sec": len(prompts) * self.world_size / total, "ties": ties,
+               "model_labelled": int(by_model.sum()),
                "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))}
         self.metrics.log("train", self.state.queries, row)
         return row
 
+    def load_engine(self, weights: str) -> None:
+        """Put the policy's or the frozen reference's weights into the engine, if it holds the other."""
+        if weights == self.engine_weights or (weights == "policy" and self.learner.steps == 0):
+            return
+        source = self.learner.named_weights() if weights == "policy" else self.learner.reference.named_parameters()
+        self.engine.update_weights(source)
+        self.engine_weights = weights
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
         t = time.perf_counter()
+        self.load_engine("policy")
         # before the first update the policy is the reference: its greedy responses are already known
         metrics, responses = self.evaluator.evaluate(self.evaluator.reference if self.learner.steps == 0 else None)
+        if self.cfg.eval_best_of_n:
+            seed = self.cfg.seed * 1_000_003 + 999_983 * (self.state.round + 1)
+            metrics.update(self.evaluator.evaluate_best_of_n(self.explorer.score, self.cfg.eval_best_of_n, seed,
+                                                             self.cfg.temperature, self.cfg.top_p))
         metrics["time/eval"] = time.perf_counter() - t
         self.state.last_eval = metrics
         self.metrics.log("eval", self.state.queries, {"round": self.state.round, **metrics})

@@ -82,7 +82,7 @@ def run(cfg: RunConfig) -> dict:
     set_torch_threads(cfg.threads)
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,
-                      explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank), oracle=oracle, learner=learner,
+                      explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank, policy=learner.reference), oracle=oracle, learner=learner,
                       evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process()),
                       rank=rank, world_size=world, tokenizer=tokenizer)
     loop.state.start_time = started

@@ -35,10 +35,15 @@ class PassiveExplorer:
     def __init__(self, seed: int):
         self.seed = seed
         self.calls = 0
+        self.model_labelled = np.zeros(0, dtype=bool)  # rows of the last selection labelled by the model
 
-    def select(self, prompts: list[Prompt], completions: list[list[Completion]]) -> np.ndarray:
-        """[B, 2] response indices; a row of -1 marks a prompt whose responses are all identical."""
+    def select(self, prompts: list[Prompt], completions: list[list[Completion]], queries: int = 0) -> np.ndarray:
+        """[B, 2] response indices; a row of -1 marks a prompt whose responses are all identical.
+
+        `queries` (oracle queries so far) lets SEA start mixed preference learning after its burn-in.
+        """
         rewards = np.zeros((len(completions), len(completions[0]), 1), dtype=np.float32)
+        self.model_labelled = np.zeros(len(completions), dtype=bool)
         return self._select(rewards, completions)
 
     def _select(self, rewards: np.ndarray, completions: list[list[Completion]]) -> np.ndarray:
@@ -55,19 +60,53 @@ class PassiveExplorer:
 class EpistemicExplorer(PassiveExplorer):
     """SEA: reward samples R[b, n, e] from the epistemic reward model, then a selection rule.
 
-    `features` takes the raw instructions and response texts (e.g. MiniLMFeatures); the features of
-    this round's responses are kept until the oracle has answered, so none is computed twice.
+    `features` maps (prompts, responses) to [M, d]; `by_tokens` says whether it reads token ids (the
+    policy's hidden state) or text (MiniLM). The features of this round's responses are kept until the
+    oracle has answered, so none is computed twice.
+
+    Mixed preference learning (`mixed_share` > 0, after `mixed_burn_in` oracle queries): for that share
+    of the prompts the pair is the one with the largest margin under one sampled head, labelled by the
+    model itself (best ≻ worst) and never sent to the oracle — the model is confident there, so an
+    oracle query would teach little. Those rows are marked in `model_labelled`; the reward model does
+    not train on its own labels.
     """
 
-    def __init__(self, strategy: str, features: FeatureExtractor, reward_model: EpistemicRewardModel, seed: int):
+    def __init__(self, strategy: str, features: FeatureExtractor, reward_model: EpistemicRewardModel, seed: int,
+                 *, by_tokens: bool = False, mixed_share: float = 0.0, mixed_burn_in: int = 0):
         super().__init__(seed)
         self.strategy, self.features, self.reward_model = strategy, features, reward_model
+        self.by_tokens, self.mixed_share, self.mixed_burn_in = by_tokens, mixed_share, mixed_burn_in
         self._phi: torch.Tensor | None = None
+        self._rng = np.random.default_rng(seed)
 
-    def select(self, prompts: list[Prompt], completions: list[list[Completion]]) -> np.ndarray:
-        self._phi = grid_features(self.features, [p.instruction for p in prompts],
-                                  [[c.text for c in row] for row in completions])
-        return self._select(self.reward_model.reward_samples(self._phi), completions)
+    def featurise(self, prompts: list[Prompt], completions: list[list[Completion]]) -> torch.Tensor:
+        """[B, N, d] features of every response."""
+        if self.by_tokens:
+            return grid_features(self.features, [p.token_ids for p in prompts],
+                                 [[c.token_ids for c in row] for row in completions])
+        return grid_features(self.features, [p.instruction for p in prompts],
+                             [[c.text for c in row] for row in completions])
+
+    def score(self, prompts: list[Prompt], completions: list[list[Completion]]) -> np.ndarray:
+        """[B, N] ensemble-mean rewards (best-of-N evaluation)."""
+        return self.reward_model.reward_samples(self.featurise(prompts, completions)).mean(axis=2)
+
+    def select(self, prompts: list[Prompt], completions: list[list[Completion]], queries: int = 0) -> np.ndarray:
+        self._phi = self.featurise(prompts, completions)
+        rewards = self.reward_model.reward_samples(self._phi)
+        idx = self._select(rewards, completions)
+        self.model_labelled = self._mixed_rows(len(prompts), queries)
+        if self.model_labelled.any():
+            rows = np.flatnonzero(self.model_labelled)
+            idx[rows] = confident_pairs(rewards[rows], identity_ids(completions)[rows], self._rng)
+            self.model_labelled[rows] = idx[rows, 0] >= 0
+        return idx
+
+    def _mixed_rows(self, batch: int, queries: int) -> np.ndarray:
+        rows = np.zeros(batch, dtype=bool)
+        if self.mixed_share > 0 and queries >= self.mixed_burn_in:
+            rows[self._rng.permutation(batch)[:int(round(self.mixed_share * batch))]] = True
+        return rows
 
     def observe(self, rows: np.ndarray, idx: np.ndarray, a_wins: np.ndarray, informative: np.ndarray) -> dict:
         """Add the informative labelled pairs (rows of this round's selection) and train a few steps."""
@@ -81,12 +120,36 @@ class EpistemicExplorer(PassiveExplorer):
         return {f"erm/{k}": v for k, v in stats.items()}
 
 
-def build_explorer(cfg, seed: int) -> PassiveExplorer:
-    """The explorer named by cfg.explore; SEA rules get MiniLM features and an E-head reward ensemble."""
+def confident_pairs(rewards: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """[B, N, E] → [B, 2] (best, worst) under one uniformly sampled head per prompt; -1 if all identical.
+
+    The worst is taken among responses distinct from the best, so identical responses are never paired.
+    """
+    B = rewards.shape[0]
+    heads = rng.integers(0, rewards.shape[2], size=B)
+    r = rewards[np.arange(B), :, heads]  # [B, N]
+    best = r.argmax(axis=1)
+    distinct = ids != ids[np.arange(B), best][:, None]
+    worst = np.where(distinct, r, np.inf).argmin(axis=1)
+    ok = distinct.any(axis=1)
+    return np.stack([np.where(ok, best, -1), np.where(ok, worst, -1)], axis=1)
+
+
+def build_explorer(cfg, seed: int, policy: torch.nn.Module | None = None) -> PassiveExplorer:
+    """The explorer named by cfg.explore; SEA rules get features (MiniLM, or the frozen initial policy's
+    hidden state when cfg.erm_features == "policy") and an E-head reward ensemble."""
     if cfg.explore == "passive":
         return PassiveExplorer(seed)
-    from .features import MiniLMFeatures
+    if cfg.erm_features == "policy":
+        if policy is None:
+            raise ValueError("erm_features='policy' needs the model whose hidden states are the features")
+        from .features import PolicyHiddenFeatures
 
-    features = MiniLMFeatures()
+        features, by_tokens = PolicyHiddenFeatures(policy), True
+    else:
+        from .features import MiniLMFeatures
+
+        features, by_tokens = MiniLMFeatures(), False
     model = EpistemicRewardModel(feature_dim=features.dim, num_heads=cfg.erm_heads, seed=seed)
-    return EpistemicExplorer(cfg.explore, features, model, seed)
+    return EpistemicExplorer(cfg.explore, features, model, seed, by_tokens=by_tokens,
+                             mixed_share=cfg.mixed_share, mixed_burn_in=cfg.mixed_burn_in)
