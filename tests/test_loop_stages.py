@@ -1,0 +1,122 @@
+"""One round's wiring with stand-in stages: which weights generate, who labels each pair, what is counted.
+
+The engine, learner and evaluator are small fakes that record what the loop asks of them, so these
+tests pin the loop's own logic (offline sampling from the reference, mixed preference learning,
+best-of-N evaluation) in milliseconds; tests/test_loop.py runs the real stages end to end.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastalign.config import RunConfig
+from fastalign.data import PromptStream
+from fastalign.eval import WinRateEvaluator
+from fastalign.explore.explorer import EpistemicExplorer, PassiveExplorer
+from fastalign.explore.reward_model import EpistemicRewardModel
+from fastalign.loop import OnlineLoop
+from fastalign.metrics import MetricsLogger, read_metrics
+from fastalign.oracle import CallableOracle
+from fastalign.types import Completion, Prompt
+
+
+class FakeEngine:
+    """Responses whose length encodes the sample index; remembers which weights it generated with."""
+
+    def __init__(self):
+        self.weights = "reference"
+        self.generated_with: list[str] = []
+
+    def generate(self, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
+        self.generated_with.append(self.weights)
+        return [[Completion(token_ids=[5] * (k + 1), text="e" * (k + 1) + "x" * (n - k), logprobs=[-1.0] * (k + 1))
+                 for k in range(n)] for _ in prompt_ids]
+
+    def greedy(self, prompt_ids, max_new_tokens):
+        self.generated_with.append(f"greedy:{self.weights}")
+        return [Completion(token_ids=[5], text="x") for _ in prompt_ids]
+
+    def update_weights(self, named):
+        self.weights = next(iter(named))[0]
+
+
+class FakeLearner:
+    def __init__(self):
+        self.steps = 0
+        self.pairs: list = []
+        self.reference = torch.nn.Module()
+        self.reference.register_parameter("reference", torch.nn.Parameter(torch.zeros(1)))
+
+    def step(self, pairs, weights):
+        self.pairs.extend(pairs)
+        self.steps += 1
+        return {"loss": 0.5}
+
+    def named_weights(self):
+        yield "policy", torch.zeros(1)
+
+
+def e_share(prompts, responses):
+    return [r.count("e") / len(r) for r in responses]
+
+
+def make_loop(tmp_path, explorer, **options) -> tuple[OnlineLoop, FakeEngine, FakeLearner, CallableOracle]:
+    cfg = RunConfig(output_dir=str(tmp_path), batch_size=4, micro_batch_size=4, eval_every=2, tensorboard=False,
+                    progress=False, save_final=False, **options)
+    prompts = [Prompt(id=str(i), instruction=f"q{i}", text=f"q{i}", token_ids=[1, i]) for i in range(12)]
+    engine, learner, oracle = FakeEngine(), FakeLearner(), CallableOracle(e_share)
+    loop = OnlineLoop(cfg, stream=PromptStream(prompts, seed=0), engine=engine, explorer=explorer, oracle=oracle,
+                      learner=learner, evaluator=WinRateEvaluator(engine, oracle, prompts[:3], 4),
+                      metrics=MetricsLogger(tmp_path, tensorboard=False))
+    return loop, engine, learner, oracle
+
+
+def test_offline_responses_come_from_the_reference_and_eval_from_the_policy(tmp_path):
+    loop, engine, learner, _ = make_loop(tmp_path, PassiveExplorer(seed=0), responses_from="reference", rounds=4)
+    engine.generated_with.clear()
+    loop.run()
+    sampled = [w for w in engine.generated_with if not w.startswith("greedy")]
+    greedy = [w for w in engine.generated_with if w.startswith("greedy")]
+    assert sampled == ["reference"] * 4
+    assert greedy == ["greedy:policy"] * 2  # the evaluations after rounds 2 and 4 see the trained policy
+
+
+def test_online_responses_come_from_the_policy_after_the_first_step(tmp_path):
+    loop, engine, _, _ = make_loop(tmp_path, PassiveExplorer(seed=0), rounds=3)
+    engine.generated_with.clear()
+    loop.run()
+    assert [w for w in engine.generated_with if not w.startswith("greedy")] == ["reference", "policy", "policy"]
+
+
+class CountE:
+    dim = 2
+
+    def __call__(self, prompts, responses):
+        return torch.tensor([[float(r.count("e")), 1.0] for r in responses])
+
+
+def sea_explorer(share: float, burn_in: int) -> EpistemicExplorer:
+    model = EpistemicRewardModel(feature_dim=2, num_heads=3, hidden=8, seed=0)
+    return EpistemicExplorer("ee-ts", CountE(), model, seed=0, mixed_share=share, mixed_burn_in=burn_in)
+
+
+def test_mixed_preference_pairs_are_trained_but_not_counted_as_queries(tmp_path):
+    loop, _, learner, oracle = make_loop(tmp_path, sea_explorer(0.5, burn_in=8), explore="ee-ts",
+                                         samples_per_prompt=4, mixed_share=0.5, mixed_burn_in=8, rounds=4)
+    loop.run()
+    train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
+    assert [r["model_labelled"] for r in train] == [0, 0, 2, 2]  # after 8 queries, half of each batch
+    assert [r["queries"] for r in train] == [4, 8, 10, 12] and oracle.queries == 12
+    assert len(learner.pairs) == 16
+    assert sum(not p.from_oracle for p in learner.pairs) == 4
+    assert loop.explorer.reward_model.pairs_seen == 12  # the reward model learns from the oracle only
+
+
+def test_best_of_n_evaluation_ranks_samples_with_the_explorer(tmp_path):
+    loop, engine, _, _ = make_loop(tmp_path, sea_explorer(0.0, 0), explore="ee-ts", samples_per_prompt=4,
+                                   eval_best_of_n=3, rounds=2)
+    # a scorer that knows the oracle: its best of 3 ("eee") must beat the reference's "x"
+    loop.explorer.score = lambda prompts, samples: np.array([[c.text.count("e") for c in row] for row in samples])
+    loop.run()
+    evals = read_metrics(tmp_path / "metrics.jsonl", kind="eval")
+    assert evals[-1]["bon_win_rate"] == 1.0 and "sample_win_rate" in evals[-1]
