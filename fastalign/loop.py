@@ -121,12 +121,17 @@ class OnlineLoop:
         return row
 
     def load_engine(self, weights: str) -> None:
-        """Put the policy's or the frozen reference's weights into the engine, if it holds the other."""
-        if weights == self.engine_weights or (weights == "policy" and self.learner.steps == 0):
+        """Put the current policy's or the frozen reference's weights into the engine, unless it holds them.
+
+        The engine is tagged with what it holds: "reference", or the policy after a given number of steps
+        (before the first step the policy is the reference).
+        """
+        want = "reference" if weights == "reference" or self.learner.steps == 0 else f"policy@{self.learner.steps}"
+        if want == self.engine_weights:
             return
-        source = self.learner.named_weights() if weights == "policy" else self.learner.reference.named_parameters()
+        source = self.learner.reference.named_parameters() if want == "reference" else self.learner.named_weights()
         self.engine.update_weights(source)
-        self.engine_weights = weights
+        self.engine_weights = want
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

@@ -53,7 +53,7 @@ class FakeLearner:
         return {"loss": 0.5}
 
     def named_weights(self):
-        yield "policy", torch.zeros(1)
+        yield f"policy@{self.steps}", torch.zeros(1)
 
 
 def e_share(prompts, responses):
@@ -78,14 +78,15 @@ def test_offline_responses_come_from_the_reference_and_eval_from_the_policy(tmp_
     sampled = [w for w in engine.generated_with if not w.startswith("greedy")]
     greedy = [w for w in engine.generated_with if w.startswith("greedy")]
     assert sampled == ["reference"] * 4
-    assert greedy == ["greedy:policy"] * 2  # the evaluations after rounds 2 and 4 see the trained policy
+    assert greedy == ["greedy:policy@2", "greedy:policy@4"]  # each evaluation sees the latest policy
 
 
 def test_online_responses_come_from_the_policy_after_the_first_step(tmp_path):
     loop, engine, _, _ = make_loop(tmp_path, PassiveExplorer(seed=0), rounds=3)
     engine.generated_with.clear()
     loop.run()
-    assert [w for w in engine.generated_with if not w.startswith("greedy")] == ["reference", "policy", "policy"]
+    sampled = [w for w in engine.generated_with if not w.startswith("greedy")]
+    assert sampled == ["reference", "policy@1", "policy@2"]  # synced after every step
 
 
 class CountE:
