@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--thresholds", default="0.55,0.6,0.65,0.7", help="win rates for the queries-to-reach table")
     ap.add_argument("--runs_dir", type=Path, default=DEFAULT_RUNS)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.json and OUT.png")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once (on 2 cores: --jobs 2 --set threads=1 keeps both busy without contention)")
     ap.add_argument("--fresh", action="store_true", help="rerun runs that already finished")
     ap.add_argument("--summarise_only", action="store_true",
                     help="run nothing: summarise the runs that have finished (seeds may differ per method)")
@@ -122,6 +124,19 @@ def run_one(cfg: RunConfig) -> float:
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({proc.returncode}): see {out / 'bench.log'}")
     return time.time() - start
+
+
+def run_all(todo: list[RunConfig], jobs: int) -> dict[str, float]:
+    """Run the configs, `jobs` at a time, in order; wall seconds per run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(k_cfg: tuple[int, RunConfig]) -> tuple[str, float]:
+        k, cfg = k_cfg
+        print(f"[{k}/{len(todo)}] {cfg.output_dir}", flush=True)
+        return cfg.output_dir, run_one(cfg)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return dict(pool.map(one, enumerate(todo, 1)))
 
 
 def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -222,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     # seed-major: every method gets its first seed before any gets its second
     todo = [] if args.summarise_only else [
         configs[m][s] for s in range(args.seeds) for m in methods if args.fresh or not finished(configs[m][s])]
-    wall = {}
-    for k, cfg in enumerate(todo, 1):
-        print(f"[{k}/{len(todo)}] {cfg.output_dir}", flush=True)
-        wall[cfg.output_dir] = run_one(cfg)
+    wall = run_all(todo, args.jobs)
     done = {m: [c for c in configs[m] if finished(c)] for m in methods}
     methods = [m for m in methods if done[m]]
     if not methods:
