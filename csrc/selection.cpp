@@ -16,6 +16,13 @@
 #include <stdexcept>
 #include <utility>
 
+#if defined(__SSE2__) || defined(_M_X64)
+#include <immintrin.h>
+#define FASTALIGN_SSE 1
+#else
+#define FASTALIGN_SSE 0
+#endif
+
 namespace fastalign {
 
 namespace {
@@ -73,6 +80,7 @@ class Row {
     return count;
   }
 
+  const float* data() const { return r_; }
   int64_t responses() const { return n_; }
   int64_t heads() const { return e_; }
 
@@ -112,102 +120,219 @@ void variances_against(const double* __restrict c, double* __restrict v, int64_t
   for (int64_t b = 0; b < n_padded; ++b) v[b] /= denom;
 }
 
+// Four doubles as one value: a group's 4 rows in the uncertainty kernel, or 4 responses in the
+// head-major loops. GCC/Clang lower it to whatever the target has (2 SSE2 or 1 AVX register);
+// every lane does exactly the scalar operations, so the results are the same bits.
+#pragma GCC diagnostic ignored "-Wpsabi"  // Lanes never crosses a non-inlined call boundary
+typedef double Lanes __attribute__((vector_size(32)));
+
+inline Lanes load_lanes(const double* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_lanes(double* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
+inline Lanes load_widened(const float* p) {
+  Lanes v;  // element-wise (GCC 12 splits __builtin_convertvector into two halves; this is one op)
+  for (int k = 0; k < 4; ++k) v[k] = static_cast<double>(p[k]);
+  return v;
+}
+
 // v[(a * N + b) * 4 + k] = V(a, b) of row k of a group, for every a < b, from the group's centred
 // rewards interleaved as c [E, N, 4]. The uncertainty rule needs all N(N-1)/2 pairs, and pair rows
-// are short at N ~ 20: spanning 4 prompts with each vector keeps every step a full vector.
+// are short at N ~ 20: spanning 4 prompts with each vector keeps every step a full vector. Heads are
+// the innermost loop with the sums in registers (each pair still adds its terms in head order), and
+// four b's run side by side so the adds of independent pairs overlap.
 FASTALIGN_SIMD_CLONES
 void group_pair_variances(const double* __restrict c, double* __restrict v, int64_t n_count,
                           int64_t e_count) {
-  const int64_t size = n_count * n_count * kGroup;
-  for (int64_t i = 0; i < size; ++i) v[i] = 0.0;
-  for (int64_t e = 0; e < e_count; ++e) {
-    const double* __restrict ce = c + e * n_count * kGroup;
-    for (int64_t a = 0; a + 1 < n_count; ++a) {
-      double ca[kGroup];
-      for (int64_t k = 0; k < kGroup; ++k) ca[k] = ce[a * kGroup + k];
-      double* __restrict row = v + a * n_count * kGroup;
-      for (int64_t b = a + 1; b < n_count; ++b) {
-        for (int64_t k = 0; k < kGroup; ++k) {
-          const double t = ca[k] - ce[b * kGroup + k];
-          row[b * kGroup + k] += t * t;
-        }
+  const int64_t stride = n_count * kGroup;  // from head e to head e + 1
+  const Lanes denom = Lanes{} + static_cast<double>(e_count);
+  for (int64_t a = 0; a + 1 < n_count; ++a) {
+    double* __restrict row = v + a * n_count * kGroup;
+    int64_t b = a + 1;
+    for (; b + 4 <= n_count; b += 4) {
+      Lanes s0{}, s1{}, s2{}, s3{};
+      const double* __restrict ce = c;
+      for (int64_t e = 0; e < e_count; ++e, ce += stride) {
+        const Lanes ca = load_lanes(ce + a * kGroup);
+        const Lanes t0 = ca - load_lanes(ce + b * kGroup);
+        const Lanes t1 = ca - load_lanes(ce + (b + 1) * kGroup);
+        const Lanes t2 = ca - load_lanes(ce + (b + 2) * kGroup);
+        const Lanes t3 = ca - load_lanes(ce + (b + 3) * kGroup);
+        s0 += t0 * t0;
+        s1 += t1 * t1;
+        s2 += t2 * t2;
+        s3 += t3 * t3;
       }
+      store_lanes(row + b * kGroup, s0 / denom);
+      store_lanes(row + (b + 1) * kGroup, s1 / denom);
+      store_lanes(row + (b + 2) * kGroup, s2 / denom);
+      store_lanes(row + (b + 3) * kGroup, s3 / denom);
+    }
+    for (; b < n_count; ++b) {
+      Lanes s0{};
+      const double* __restrict ce = c;
+      for (int64_t e = 0; e < e_count; ++e, ce += stride) {
+        const Lanes t0 = load_lanes(ce + a * kGroup) - load_lanes(ce + b * kGroup);
+        s0 += t0 * t0;
+      }
+      store_lanes(row + b * kGroup, s0 / denom);
     }
   }
-  const double denom = static_cast<double>(e_count);
-  for (int64_t i = 0; i < size; ++i) v[i] /= denom;
 }
 
-// The ensemble mean of one response, summed in head order.
-double mean_of(const Row& row, int64_t n) {
-  double s = 0.0;
-  for (int64_t e = 0; e < row.heads(); ++e) s += row.at(n, e);
-  return s / static_cast<double>(row.heads());
+// t[e * P + n] = R[n, e]: one row turned head-major (P = N rounded up to a multiple of 4, padding
+// zeroed), so per-response sums over heads run down contiguous vectors. 4x4 blocks move through
+// SSE registers; the copy is exact.
+FASTALIGN_SIMD_CLONES
+void transpose_row(const float* __restrict r, float* __restrict t, int64_t n_count, int64_t n_padded,
+                   int64_t e_count) {
+  int64_t n = 0;
+#if FASTALIGN_SSE
+  for (; n + 4 <= n_count; n += 4) {
+    const float* r0 = r + n * e_count;
+    int64_t e = 0;
+    for (; e + 4 <= e_count; e += 4) {
+      __m128 x0 = _mm_loadu_ps(r0 + e), x1 = _mm_loadu_ps(r0 + e_count + e);
+      __m128 x2 = _mm_loadu_ps(r0 + 2 * e_count + e), x3 = _mm_loadu_ps(r0 + 3 * e_count + e);
+      _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+      _mm_storeu_ps(t + e * n_padded + n, x0);
+      _mm_storeu_ps(t + (e + 1) * n_padded + n, x1);
+      _mm_storeu_ps(t + (e + 2) * n_padded + n, x2);
+      _mm_storeu_ps(t + (e + 3) * n_padded + n, x3);
+    }
+    for (; e < e_count; ++e)
+      for (int64_t k = 0; k < 4; ++k) t[e * n_padded + n + k] = r0[k * e_count + e];
+  }
+#endif
+  for (; n < n_count; ++n)
+    for (int64_t e = 0; e < e_count; ++e) t[e * n_padded + n] = r[n * e_count + e];
+  for (; n < n_padded; ++n)
+    for (int64_t e = 0; e < e_count; ++e) t[e * n_padded + n] = 0.0f;
 }
 
-// Per-call scratch buffers, reused across rows to keep allocation out of the hot loop. Centred
-// rewards are stored head-major so the variance loops run over contiguous responses.
+// Sums over heads, in order, of 16 (or, for the last block, 4) adjacent responses of the
+// head-major row, as means. Separate accumulators (not an array) so they stay in registers.
+inline void means_block16(const float* __restrict t, double* __restrict mean, int64_t n_padded,
+                          int64_t e_count, Lanes denom) {
+  Lanes s0{}, s1{}, s2{}, s3{};
+  for (int64_t e = 0; e < e_count; ++e, t += n_padded) {
+    s0 += load_widened(t);
+    s1 += load_widened(t + 4);
+    s2 += load_widened(t + 8);
+    s3 += load_widened(t + 12);
+  }
+  store_lanes(mean, s0 / denom);
+  store_lanes(mean + 4, s1 / denom);
+  store_lanes(mean + 8, s2 / denom);
+  store_lanes(mean + 12, s3 / denom);
+}
+
+inline void means_block4(const float* __restrict t, double* __restrict mean, int64_t n_padded,
+                         int64_t e_count, Lanes denom) {
+  Lanes s0{};
+  for (int64_t e = 0; e < e_count; ++e, t += n_padded) s0 += load_widened(t);
+  store_lanes(mean, s0 / denom);
+}
+
+// mean[n] for n < P from the head-major row: each response sums its heads in order e = 0..E-1
+// (lanes run side by side; no lane's order changes). Rows of a chunk are independent, so their
+// chains of adds overlap.
+FASTALIGN_SIMD_CLONES
+void means_head_major(const float* __restrict t, double* __restrict mean, int64_t n_padded,
+                      int64_t e_count) {
+  const Lanes denom = Lanes{} + static_cast<double>(e_count);
+  int64_t n = 0;
+  for (; n + 16 <= n_padded; n += 16) means_block16(t + n, mean + n, n_padded, e_count, denom);
+  for (; n < n_padded; n += 4) means_block4(t + n, mean + n, n_padded, e_count, denom);
+}
+
+// c[e * P + n] = t[e * P + n] - mean[n], the head-major centred rewards.
+FASTALIGN_SIMD_CLONES
+void centre_head_major(const float* __restrict t, const double* __restrict mean, double* __restrict c,
+                       int64_t n_padded, int64_t e_count) {
+  for (int64_t e = 0; e < e_count; ++e)
+    for (int64_t n = 0; n < n_padded; ++n)
+      c[e * n_padded + n] = static_cast<double>(t[e * n_padded + n]) - mean[n];
+}
+
+bool averages_every_response(Strategy strategy) {
+  return strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty ||
+         strategy == Strategy::BestWorst || strategy == Strategy::BestOfN;
+}
+
+// True when no value is NaN or +-inf (exponent bits not all ones); branch-free, vectorises.
+FASTALIGN_SIMD_CLONES
+bool all_finite(const double* __restrict x, int64_t count) {
+  uint64_t bad = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint64_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    bad |= static_cast<uint64_t>((bits & 0x7FF0000000000000ULL) == 0x7FF0000000000000ULL);
+  }
+  return bad == 0;
+}
+
+// Rows whose means are computed in one pass before any of them is selected: the per-row chains of
+// adds overlap across rows instead of each row's selection waiting on its own means.
+constexpr int64_t kChunk = 16;  // a multiple of kGroup
+
+// Per-call scratch buffers, reused across rows to keep allocation out of the hot loop. Rules that
+// average every response turn each row of a chunk head-major (t) and compute its means up front;
+// per-response sums over heads and the centring then run over contiguous responses.
 struct Scratch {
   int64_t n_count, n_padded, e_count;
-  std::vector<double> mean, centred, acc;  // [N], [E, P] zero padded, [P]    (bai-ts)
+  std::vector<float> t;                    // [kChunk, E, P] the chunk's rows, head-major, zero padded
+  std::vector<double> means;               // [kChunk, P]
+  const float* row_t = nullptr;            // the current row's slices of t and means
+  const double* mean = nullptr;
+  std::vector<double> centred, acc;        // [E, P], [P] (bai-ts; centred also for uncertainty)
   std::vector<double> grouped, group_acc;  // [E, N, 4], [N, N, 4]            (uncertainty)
   std::vector<int64_t> order;              // ee-ts: the other heads, shuffled
 
   Scratch(int64_t n, int64_t e, Strategy strategy)
-      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), mean(n), order(e > 0 ? e - 1 : 0) {
-    if (strategy == Strategy::BaiTs) {
-      centred.assign(n_padded * e, 0.0);
-      acc.assign(n_padded, 0.0);
+      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), order(e > 0 ? e - 1 : 0) {
+    if (averages_every_response(strategy)) {
+      t.assign(kChunk * e * n_padded, 0.0f);
+      means.assign(kChunk * n_padded, 0.0);
     }
+    if (strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty) centred.assign(n_padded * e, 0.0);
+    if (strategy == Strategy::BaiTs) acc.assign(n_padded, 0.0);
     if (strategy == Strategy::Uncertainty) {
       grouped.assign(e * n * kGroup, 0.0);
       group_acc.assign(n * n * kGroup, 0.0);
     }
   }
 
-  // Four responses at a time: their in-order sums are independent, so the adds overlap instead of
-  // each waiting on one long dependency chain. Same order per response as mean_of.
-  void fill_mean(const Row& row) {
-    const double denom = static_cast<double>(e_count);
-    int64_t n = 0;
-    for (; n + 4 <= n_count; n += 4) {
-      double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-      for (int64_t e = 0; e < e_count; ++e) {
-        s0 += row.at(n, e);
-        s1 += row.at(n + 1, e);
-        s2 += row.at(n + 2, e);
-        s3 += row.at(n + 3, e);
-      }
-      mean[n] = s0 / denom;
-      mean[n + 1] = s1 / denom;
-      mean[n + 2] = s2 / denom;
-      mean[n + 3] = s3 / denom;
+  // Means of rows [b0, b1) (at most kChunk). NaN or inf anywhere in a row makes one of its means
+  // non-finite (float32 values cannot overflow a float64 sum), so the return value validates the
+  // rows at no extra pass over the data: false when some value is not finite.
+  bool fill_chunk(const float* rewards, int64_t b0, int64_t b1) {
+    const int64_t row_size = n_count * e_count, t_size = e_count * n_padded;
+    for (int64_t b = b0; b < b1; ++b) {
+      float* tb = t.data() + (b - b0) * t_size;
+      transpose_row(rewards + b * row_size, tb, n_count, n_padded, e_count);
+      means_head_major(tb, means.data() + (b - b0) * n_padded, n_padded, e_count);
     }
-    for (; n < n_count; ++n) mean[n] = mean_of(row, n);
+    return all_finite(means.data(), (b1 - b0) * n_padded);
   }
 
-  // NaN or inf anywhere in the row makes some mean non-finite: float32 values cannot overflow a
-  // float64 sum, so this validates a row whose means were filled at no extra pass.
-  bool means_finite() const {
-    bool ok = true;
-    for (int64_t n = 0; n < n_count; ++n) ok &= std::isfinite(mean[n]);
-    return ok;
+  // Point at row k of the chunk.
+  void use_row(int64_t k) {
+    row_t = t.data() + k * e_count * n_padded;
+    mean = means.data() + k * n_padded;
   }
 
-  void fill_centred(const Row& row) {
-    fill_mean(row);
-    double* __restrict c = centred.data();
-    for (int64_t n = 0; n < n_count; ++n)
-      for (int64_t e = 0; e < e_count; ++e) c[e * n_padded + n] = row.at(n, e) - mean[n];
-  }
+  void fill_centred() { centre_head_major(row_t, mean, centred.data(), n_padded, e_count); }
 
-  // Lane k of the uncertainty group: the same centred values, interleaved [E, N, 4].
-  void fill_grouped(const Row& row, int64_t k) {
-    fill_mean(row);
-    double* __restrict c = grouped.data();
-    for (int64_t n = 0; n < n_count; ++n)
-      for (int64_t e = 0; e < e_count; ++e)
-        c[(e * n_count + n) * kGroup + k] = row.at(n, e) - mean[n];
+  // Lane k of the uncertainty group: the current row's centred values, interleaved [E, N, 4].
+  void fill_grouped(int64_t k) {
+    fill_centred();
+    const double* __restrict c = centred.data();
+    double* __restrict g = grouped.data();
+    for (int64_t e = 0; e < e_count; ++e)
+      for (int64_t n = 0; n < n_count; ++n) g[(e * n_count + n) * kGroup + k] = c[e * n_padded + n];
   }
 
   double group_variance(int64_t a, int64_t b, int64_t k) const {
@@ -242,27 +367,37 @@ Choice select_passive(const Row& row, RowRng& rng) {
   return c;
 }
 
+// Lowest-index argmax of the means; the best value stays in a register (compare + conditional
+// moves, no reload through the index).
 int64_t argmax_mean(const Scratch& s, int64_t n_count) {
+  const double* mean = s.mean;
   int64_t best = 0;
-  for (int64_t n = 1; n < n_count; ++n)
-    if (s.mean[n] > s.mean[best]) best = n;
+  double best_value = mean[0];
+  for (int64_t n = 1; n < n_count; ++n) {
+    const double value = mean[n];
+    best = value > best_value ? n : best;
+    best_value = value > best_value ? value : best_value;
+  }
   return best;
 }
 
 Choice select_best_of_n(const Row& row, Scratch& s, RowRng& rng) {
-  s.fill_mean(row);
   const int64_t first = argmax_mean(s, row.responses());
   const int64_t second = row.kth_excluding(rng.below(row.count_excluding(first)), first);
   return mean_margin(s, first, second);
 }
 
 Choice select_best_worst(const Row& row, Scratch& s) {
-  s.fill_mean(row);
   const int64_t first = argmax_mean(s, row.responses());
+  // Unavailable responses count as +inf, as in the reference; means are finite (validated), so an
+  // available response always wins over the start value.
+  const double* mean = s.mean;
   int64_t second = -1;
+  double lowest = std::numeric_limits<double>::infinity();
   for (int64_t n = 0; n < row.responses(); ++n) {
-    if (row.same(n, first)) continue;
-    if (second < 0 || s.mean[n] < s.mean[second]) second = n;
+    const double value = row.same(n, first) ? std::numeric_limits<double>::infinity() : mean[n];
+    second = value < lowest ? n : second;
+    lowest = value < lowest ? value : lowest;
   }
   return mean_margin(s, first, second);
 }
@@ -297,7 +432,7 @@ Choice select_bai_ts(const Row& row, Scratch& s, RowRng& rng) {
   Choice c;
   c.head1 = rng.below(row.heads());
   c.first = row.argmax_head(c.head1);
-  s.fill_centred(row);
+  s.fill_centred();
   variances_against(s.centred.data(), s.acc.data(), s.n_padded, row.heads(), c.first);
   for (int64_t n = 0; n < n_count; ++n) {
     if (row.same(n, c.first)) continue;
@@ -372,18 +507,23 @@ int64_t RowRng::below(int64_t n) { return static_cast<int64_t>(next() % static_c
 
 namespace {
 
-// Throws naming the first non-finite value in rows [row_from, row_to) by its [b, n, e] index.
-void check_finite_rows(const float* rewards, int64_t row_from, int64_t row_to, int64_t N, int64_t E) {
-  // Branch-free scan first (vectorises): a float is NaN or inf iff its exponent bits are all ones.
-  const float* begin = rewards + row_from * N * E;
-  const int64_t count = (row_to - row_from) * N * E;
-  uint32_t any_bad = 0;
+// Branch-free scan (vectorises): a float is NaN or inf iff its exponent bits are all ones.
+FASTALIGN_SIMD_CLONES
+bool any_non_finite(const float* __restrict x, int64_t count) {
+  uint32_t any = 0;
   for (int64_t i = 0; i < count; ++i) {
     uint32_t bits;
-    std::memcpy(&bits, begin + i, sizeof bits);
-    any_bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+    std::memcpy(&bits, x + i, sizeof bits);
+    any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
   }
-  if (!any_bad) return;
+  return any != 0;
+}
+
+// Throws naming the first non-finite value in rows [row_from, row_to) by its [b, n, e] index.
+void check_finite_rows(const float* rewards, int64_t row_from, int64_t row_to, int64_t N, int64_t E) {
+  const float* begin = rewards + row_from * N * E;
+  const int64_t count = (row_to - row_from) * N * E;
+  if (!any_non_finite(begin, count)) return;
   for (int64_t i = 0; i < count; ++i) {
     if (std::isfinite(begin[i])) continue;
     std::ostringstream msg;
@@ -394,19 +534,14 @@ void check_finite_rows(const float* rewards, int64_t row_from, int64_t row_to, i
   }
 }
 
-bool averages_every_response(Strategy strategy) {
-  return strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty ||
-         strategy == Strategy::BestWorst || strategy == Strategy::BestOfN;
-}
-
-// Uncertainty for rows [g0, g1) (at most kGroup): centre every row into its lane (validating it
-// through its means), run the grouped kernel, then scan each valid row's pairs. Lanes past g1 keep
-// stale finite values whose results are ignored.
-void select_uncertainty_group(const float* rewards, const int64_t* ids, int64_t g0, int64_t g1,
-                              int64_t N, int64_t E, Scratch& s, Choice* out) {
+// Uncertainty for rows [g0, g1) (at most kGroup) of the chunk starting at c0: centre every row
+// into its lane, run the grouped kernel, then scan each valid row's pairs. Lanes past g1 keep stale
+// finite values whose results are ignored.
+void select_uncertainty_group(const float* rewards, const int64_t* ids, int64_t c0, int64_t g0,
+                              int64_t g1, int64_t N, int64_t E, Scratch& s, Choice* out) {
   for (int64_t b = g0; b < g1; ++b) {
-    s.fill_grouped(Row(rewards + b * N * E, ids ? ids + b * N : nullptr, N, E), b - g0);
-    if (!s.means_finite()) check_finite_rows(rewards, b, b + 1, N, E);
+    s.use_row(b - c0);
+    s.fill_grouped(b - g0);
   }
   group_pair_variances(s.grouped.data(), s.group_acc.data(), N, E);
   for (int64_t b = g0; b < g1; ++b) {
@@ -423,31 +558,31 @@ void check_finite(const float* rewards, int64_t B, int64_t N, int64_t E) {
 
 void select_pairs(const float* rewards, const int64_t* ids, int64_t B, int64_t N, int64_t E,
                   Strategy strategy, uint64_t seed, int64_t* pairs, int64_t* heads, double* scores) {
-  // Rules that average every response validate each row through its means (no second pass over
-  // the data); rows are visited in order, so the first failure is also the first bad value.
-  const bool validate_by_means = averages_every_response(strategy);
-  if (!validate_by_means) check_finite(rewards, B, N, E);
+  // Rules that average every response validate each chunk of rows through its means (no second
+  // pass over the data); chunks are visited in order, so the first failure is the first bad value.
+  const bool by_means = averages_every_response(strategy);
+  if (!by_means) check_finite(rewards, B, N, E);
   Scratch scratch(N, E, strategy);
-  Choice choices[kGroup];
-  for (int64_t g0 = 0; g0 < B; g0 += kGroup) {
-    const int64_t g1 = std::min(B, g0 + kGroup);
+  Choice choices[kChunk];
+  for (int64_t c0 = 0; c0 < B; c0 += kChunk) {
+    const int64_t c1 = std::min(B, c0 + kChunk);
+    if (by_means && !scratch.fill_chunk(rewards, c0, c1)) check_finite_rows(rewards, c0, c1, N, E);
     if (strategy == Strategy::Uncertainty) {
-      select_uncertainty_group(rewards, ids, g0, g1, N, E, scratch, choices);
+      for (int64_t g0 = c0; g0 < c1; g0 += kGroup)
+        select_uncertainty_group(rewards, ids, c0, g0, std::min(c1, g0 + kGroup), N, E, scratch,
+                                 choices + (g0 - c0));
     } else {
-      for (int64_t b = g0; b < g1; ++b) {
+      for (int64_t b = c0; b < c1; ++b) {
         const Row row(rewards + b * N * E, ids ? ids + b * N : nullptr, N, E);
-        choices[b - g0] = Choice();
-        if (row.has_two_distinct()) {
-          RowRng rng(seed, static_cast<uint64_t>(b));
-          choices[b - g0] = select_row(row, scratch, strategy, rng);
-          if (validate_by_means && !scratch.means_finite()) check_finite_rows(rewards, b, b + 1, N, E);
-        } else if (validate_by_means) {
-          check_finite_rows(rewards, b, b + 1, N, E);
-        }
+        choices[b - c0] = Choice();
+        if (!row.has_two_distinct()) continue;
+        if (by_means) scratch.use_row(b - c0);
+        RowRng rng(seed, static_cast<uint64_t>(b));
+        choices[b - c0] = select_row(row, scratch, strategy, rng);
       }
     }
-    for (int64_t b = g0; b < g1; ++b) {
-      const Choice& c = choices[b - g0];
+    for (int64_t b = c0; b < c1; ++b) {
+      const Choice& c = choices[b - c0];
       pairs[2 * b] = c.first;
       pairs[2 * b + 1] = c.second;
       heads[2 * b] = c.head1;
