@@ -291,11 +291,12 @@ struct Scratch {
   std::vector<double> grouped, group_acc;  // [E, N, 4], [N, N, 4]            (uncertainty)
   std::vector<int64_t> order;              // ee-ts: the other heads, shuffled
 
-  Scratch(int64_t n, int64_t e, Strategy strategy)
+  Scratch(int64_t b, int64_t n, int64_t e, Strategy strategy)
       : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), order(e > 0 ? e - 1 : 0) {
     if (averages_every_response(strategy)) {
-      t.assign(kChunk * e * n_padded, 0.0f);
-      means.assign(kChunk * n_padded, 0.0);
+      const int64_t rows = std::min(b, kChunk);
+      t.resize(rows * e * n_padded);
+      means.resize(rows * n_padded);
     }
     if (strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty) centred.assign(n_padded * e, 0.0);
     if (strategy == Strategy::BaiTs) acc.assign(n_padded, 0.0);
@@ -562,7 +563,7 @@ void select_pairs(const float* rewards, const int64_t* ids, int64_t B, int64_t N
   // pass over the data); chunks are visited in order, so the first failure is the first bad value.
   const bool by_means = averages_every_response(strategy);
   if (!by_means) check_finite(rewards, B, N, E);
-  Scratch scratch(N, E, strategy);
+  Scratch scratch(B, N, E, strategy);
   Choice choices[kChunk];
   for (int64_t c0 = 0; c0 < B; c0 += kChunk) {
     const int64_t c1 = std::min(B, c0 + kChunk);
