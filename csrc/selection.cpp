@@ -290,9 +290,10 @@ struct Scratch {
   std::vector<double> centred, acc;        // [E, P], [P] (bai-ts; centred also for uncertainty)
   std::vector<double> grouped, group_acc;  // [E, N, 4], [N, N, 4]            (uncertainty)
   std::vector<int64_t> order;              // ee-ts: the other heads, shuffled
+  std::vector<double> masked;              // [N] values with unavailable responses at -inf
 
   Scratch(int64_t b, int64_t n, int64_t e, Strategy strategy)
-      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), order(e > 0 ? e - 1 : 0) {
+      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), order(e > 0 ? e - 1 : 0), masked(n) {
     if (averages_every_response(strategy)) {
       const int64_t rows = std::min(b, kChunk);
       t.resize(rows * e * n_padded);
@@ -368,38 +369,46 @@ Choice select_passive(const Row& row, RowRng& rng) {
   return c;
 }
 
-// Lowest-index argmax of the means; the best value stays in a register (compare + conditional
-// moves, no reload through the index).
-int64_t argmax_mean(const Scratch& s, int64_t n_count) {
-  const double* mean = s.mean;
-  int64_t best = 0;
-  double best_value = mean[0];
-  for (int64_t n = 1; n < n_count; ++n) {
-    const double value = mean[n];
-    best = value > best_value ? n : best;
-    best_value = value > best_value ? value : best_value;
+// Lowest index n < count holding the largest x[n] (values not NaN): the maximum first, with four
+// running maxima so the compares do not wait on each other, then the first index holding it.
+// Same answer as a left-to-right "strictly greater" scan, but no chain of count dependent steps.
+template <typename T>
+int64_t argmax_of(const T* __restrict x, int64_t count) {
+  T m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0];
+  int64_t n = 0;
+  for (; n + 4 <= count; n += 4) {
+    m0 = x[n] > m0 ? x[n] : m0;
+    m1 = x[n + 1] > m1 ? x[n + 1] : m1;
+    m2 = x[n + 2] > m2 ? x[n + 2] : m2;
+    m3 = x[n + 3] > m3 ? x[n + 3] : m3;
   }
-  return best;
+  for (; n < count; ++n) m0 = x[n] > m0 ? x[n] : m0;
+  m0 = m1 > m0 ? m1 : m0;
+  m2 = m3 > m2 ? m3 : m2;
+  m0 = m2 > m0 ? m2 : m0;
+  n = 0;
+  while (!(x[n] == m0)) ++n;
+  return n;
+}
+
+// Lowest-index argmax over responses not identical to `first` (the others count as -inf, as in the
+// reference) of x, or of -x when `negate` (then it is the lowest-index argmin of x).
+int64_t argmax_available(const Row& row, const double* x, int64_t first, bool negate, double* masked) {
+  const double unavailable = -std::numeric_limits<double>::infinity();
+  for (int64_t n = 0; n < row.responses(); ++n)
+    masked[n] = row.same(n, first) ? unavailable : (negate ? -x[n] : x[n]);
+  return argmax_of(masked, row.responses());
 }
 
 Choice select_best_of_n(const Row& row, Scratch& s, RowRng& rng) {
-  const int64_t first = argmax_mean(s, row.responses());
+  const int64_t first = argmax_of(s.mean, row.responses());
   const int64_t second = row.kth_excluding(rng.below(row.count_excluding(first)), first);
   return mean_margin(s, first, second);
 }
 
 Choice select_best_worst(const Row& row, Scratch& s) {
-  const int64_t first = argmax_mean(s, row.responses());
-  // Unavailable responses count as +inf, as in the reference; means are finite (validated), so an
-  // available response always wins over the start value.
-  const double* mean = s.mean;
-  int64_t second = -1;
-  double lowest = std::numeric_limits<double>::infinity();
-  for (int64_t n = 0; n < row.responses(); ++n) {
-    const double value = row.same(n, first) ? std::numeric_limits<double>::infinity() : mean[n];
-    second = value < lowest ? n : second;
-    lowest = value < lowest ? value : lowest;
-  }
+  const int64_t first = argmax_of(s.mean, row.responses());
+  const int64_t second = argmax_available(row, s.mean, first, /*negate=*/true, s.masked.data());
   return mean_margin(s, first, second);
 }
 
@@ -432,13 +441,10 @@ Choice select_bai_ts(const Row& row, Scratch& s, RowRng& rng) {
   const int64_t n_count = row.responses();
   Choice c;
   c.head1 = rng.below(row.heads());
-  c.first = row.argmax_head(c.head1);
+  c.first = argmax_of(s.row_t + c.head1 * s.n_padded, n_count);  // the row, head-major
   s.fill_centred();
   variances_against(s.centred.data(), s.acc.data(), s.n_padded, row.heads(), c.first);
-  for (int64_t n = 0; n < n_count; ++n) {
-    if (row.same(n, c.first)) continue;
-    if (c.second < 0 || s.acc[n] > s.acc[c.second]) c.second = n;
-  }
+  c.second = argmax_available(row, s.acc.data(), c.first, /*negate=*/false, s.masked.data());
   c.score = s.acc[c.second];
   return c;
 }
