@@ -94,8 +94,10 @@ class Row {
 // target does not include FMA, so the rounding stays identical to the baseline build.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
 #define FASTALIGN_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#define FASTALIGN_AVX2_PATH 1
 #else
 #define FASTALIGN_SIMD_CLONES
+#define FASTALIGN_AVX2_PATH 0
 #endif
 
 // Rows handled together by the uncertainty kernel: one vector of 4 doubles spans the group.
@@ -248,6 +250,80 @@ void means_head_major(const float* __restrict t, double* __restrict mean, int64_
   for (; n < n_padded; n += 4) means_block4(t + n, mean + n, n_padded, e_count, denom);
 }
 
+#if FASTALIGN_AVX2_PATH
+// 4 responses x 4 heads from the row: lanes k = head e + k's rewards of the 4 responses, as doubles.
+// Half a transpose (unpack) then widening and 128-bit lane swaps: no trip through memory.
+__attribute__((target("avx2"))) inline void widen_block(const float* r0, int64_t e_count, int64_t e,
+                                                       __m256d out[4]) {
+  const __m128 x0 = _mm_loadu_ps(r0 + e), x1 = _mm_loadu_ps(r0 + e_count + e);
+  const __m128 x2 = _mm_loadu_ps(r0 + 2 * e_count + e), x3 = _mm_loadu_ps(r0 + 3 * e_count + e);
+  const __m256d a = _mm256_cvtps_pd(_mm_unpacklo_ps(x0, x1));  // heads e, e+1 of responses 0, 1
+  const __m256d b = _mm256_cvtps_pd(_mm_unpacklo_ps(x2, x3));  // heads e, e+1 of responses 2, 3
+  const __m256d c = _mm256_cvtps_pd(_mm_unpackhi_ps(x0, x1));  // heads e+2, e+3 of responses 0, 1
+  const __m256d d = _mm256_cvtps_pd(_mm_unpackhi_ps(x2, x3));
+  out[0] = _mm256_permute2f128_pd(a, b, 0x20);
+  out[1] = _mm256_permute2f128_pd(a, b, 0x31);
+  out[2] = _mm256_permute2f128_pd(c, d, 0x20);
+  out[3] = _mm256_permute2f128_pd(c, d, 0x31);
+}
+
+// The same means as transpose_row + means_head_major (each response adds its heads in order e =
+// 0..E-1, then divides by E), straight from the row: 8 responses per pass in two independent
+// chains, the last < 4 responses one at a time. Padding entries n in [N, P) are set to 0.
+__attribute__((target("avx2"))) void means_from_row_avx2(const float* __restrict r,
+                                                         double* __restrict mean, int64_t n_count,
+                                                         int64_t n_padded, int64_t e_count) {
+  const __m256d denom = _mm256_set1_pd(static_cast<double>(e_count));
+  int64_t n = 0;
+  for (; n + 8 <= n_count; n += 8) {
+    const float* r0 = r + n * e_count;
+    const float* r4 = r0 + 4 * e_count;
+    __m256d s0 = _mm256_setzero_pd(), s4 = _mm256_setzero_pd();
+    int64_t e = 0;
+    for (; e + 4 <= e_count; e += 4) {
+      __m256d h0[4], h4[4];
+      widen_block(r0, e_count, e, h0);
+      widen_block(r4, e_count, e, h4);
+      for (int j = 0; j < 4; ++j) {
+        s0 = _mm256_add_pd(s0, h0[j]);
+        s4 = _mm256_add_pd(s4, h4[j]);
+      }
+    }
+    for (; e < e_count; ++e) {
+      const float* q = r0 + e;
+      s0 = _mm256_add_pd(s0, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+      q = r4 + e;
+      s4 = _mm256_add_pd(s4, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+    }
+    _mm256_storeu_pd(mean + n, _mm256_div_pd(s0, denom));
+    _mm256_storeu_pd(mean + n + 4, _mm256_div_pd(s4, denom));
+  }
+  for (; n + 4 <= n_count; n += 4) {
+    const float* r0 = r + n * e_count;
+    __m256d s0 = _mm256_setzero_pd();
+    int64_t e = 0;
+    for (; e + 4 <= e_count; e += 4) {
+      __m256d h0[4];
+      widen_block(r0, e_count, e, h0);
+      for (int j = 0; j < 4; ++j) s0 = _mm256_add_pd(s0, h0[j]);
+    }
+    for (; e < e_count; ++e) {
+      const float* q = r0 + e;
+      s0 = _mm256_add_pd(s0, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+    }
+    _mm256_storeu_pd(mean + n, _mm256_div_pd(s0, denom));
+  }
+  for (; n < n_count; ++n) {
+    double s0 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) s0 += static_cast<double>(r[n * e_count + e]);
+    mean[n] = s0 / static_cast<double>(e_count);
+  }
+  for (; n < n_padded; ++n) mean[n] = 0.0;
+}
+
+const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
 // c[e * P + n] = t[e * P + n] - mean[n], the head-major centred rewards.
 FASTALIGN_SIMD_CLONES
 void centre_head_major(const float* __restrict t, const double* __restrict mean, double* __restrict c,
@@ -283,6 +359,7 @@ constexpr int64_t kChunk = 16;  // a multiple of kGroup
 // per-response sums over heads and the centring then run over contiguous responses.
 struct Scratch {
   int64_t n_count, n_padded, e_count;
+  bool keep_rows;                          // whether the rules read t (bai-ts, uncertainty)
   std::vector<float> t;                    // [kChunk, E, P] the chunk's rows, head-major, zero padded
   std::vector<double> means;               // [kChunk, P]
   const float* row_t = nullptr;            // the current row's slices of t and means
@@ -293,10 +370,16 @@ struct Scratch {
   std::vector<double> masked;              // [N] values with unavailable responses at -inf
 
   Scratch(int64_t b, int64_t n, int64_t e, Strategy strategy)
-      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), order(e > 0 ? e - 1 : 0), masked(n) {
+      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e),
+        keep_rows(strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty),
+        order(e > 0 ? e - 1 : 0), masked(n) {
     if (averages_every_response(strategy)) {
       const int64_t rows = std::min(b, kChunk);
+#if FASTALIGN_AVX2_PATH
+      if (keep_rows || !kHaveAvx2) t.resize(rows * e * n_padded);
+#else
       t.resize(rows * e * n_padded);
+#endif
       means.resize(rows * n_padded);
     }
     if (strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty) centred.assign(n_padded * e, 0.0);
@@ -312,6 +395,14 @@ struct Scratch {
   // rows at no extra pass over the data: false when some value is not finite.
   bool fill_chunk(const float* rewards, int64_t b0, int64_t b1) {
     const int64_t row_size = n_count * e_count, t_size = e_count * n_padded;
+#if FASTALIGN_AVX2_PATH
+    if (!keep_rows && kHaveAvx2) {  // only the means are needed: skip the head-major copy
+      for (int64_t b = b0; b < b1; ++b)
+        means_from_row_avx2(rewards + b * row_size, means.data() + (b - b0) * n_padded, n_count,
+                            n_padded, e_count);
+      return all_finite(means.data(), (b1 - b0) * n_padded);
+    }
+#endif
     for (int64_t b = b0; b < b1; ++b) {
       float* tb = t.data() + (b - b0) * t_size;
       transpose_row(rewards + b * row_size, tb, n_count, n_padded, e_count);
