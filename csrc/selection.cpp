@@ -67,6 +67,7 @@ class Row {
 
   // The k-th (0-based, ascending index) response not identical to `first`.
   int64_t kth_excluding(int64_t k, int64_t first) const {
+    if (!id_) return k < first ? k : k + 1;
     for (int64_t n = 0; n < n_; ++n) {
       if (same(n, first)) continue;
       if (k-- == 0) return n;
@@ -75,8 +76,10 @@ class Row {
   }
 
   int64_t count_excluding(int64_t first) const {
+    if (!id_) return n_ - 1;
+    const int64_t id = id_[first];
     int64_t count = 0;
-    for (int64_t n = 0; n < n_; ++n) count += same(n, first) ? 0 : 1;
+    for (int64_t n = 0; n < n_; ++n) count += id_[n] != id ? 1 : 0;
     return count;
   }
 
@@ -446,18 +449,63 @@ Choice mean_margin(const Scratch& s, int64_t first, int64_t second) {
   return c;
 }
 
+// The pair only; its score comes from passive_scores once the whole chunk is picked.
 Choice select_passive(const Row& row, RowRng& rng) {
   Choice c;
   c.first = rng.below(row.responses());
   c.second = row.kth_excluding(rng.below(row.count_excluding(c.first)), c.first);
-  double s1 = 0.0, s2 = 0.0;  // mean_of for both, as two interleaved chains
-  for (int64_t e = 0; e < row.heads(); ++e) {
-    s1 += row.at(c.first, e);
-    s2 += row.at(c.second, e);
-  }
-  const double denom = static_cast<double>(row.heads());
-  c.score = s1 / denom - s2 / denom;
   return c;
+}
+
+// out[i] = sum over heads, in order e = 0..E-1, of double(p[i][e]). Eight responses at a time: each
+// sum is one chain of dependent adds, so running eight side by side hides the add latency.
+void sum_heads(const float* const* p, int64_t count, int64_t e_count, double* out) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const float *p0 = p[i], *p1 = p[i + 1], *p2 = p[i + 2], *p3 = p[i + 3];
+    const float *p4 = p[i + 4], *p5 = p[i + 5], *p6 = p[i + 6], *p7 = p[i + 7];
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) {
+      s0 += static_cast<double>(p0[e]);
+      s1 += static_cast<double>(p1[e]);
+      s2 += static_cast<double>(p2[e]);
+      s3 += static_cast<double>(p3[e]);
+      s4 += static_cast<double>(p4[e]);
+      s5 += static_cast<double>(p5[e]);
+      s6 += static_cast<double>(p6[e]);
+      s7 += static_cast<double>(p7[e]);
+    }
+    out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
+    out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;
+  }
+  for (; i < count; ++i) {
+    double s0 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) s0 += static_cast<double>(p[i][e]);
+    out[i] = s0;
+  }
+}
+
+// Passive scores of the chunk's valid rows (rows c0 + k): mean of the first pick minus mean of the
+// second, the two means summed in head order like every other mean.
+void passive_scores(const float* rewards, int64_t c0, int64_t count, int64_t N, int64_t E,
+                    Choice* choices) {
+  const float* picked[2 * kChunk];
+  double sums[2 * kChunk];
+  int64_t m = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    if (choices[k].first < 0) continue;
+    const float* row = rewards + (c0 + k) * N * E;
+    picked[m++] = row + choices[k].first * E;
+    picked[m++] = row + choices[k].second * E;
+  }
+  sum_heads(picked, m, E, sums);
+  const double denom = static_cast<double>(E);
+  m = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    if (choices[k].first < 0) continue;
+    choices[k].score = sums[m] / denom - sums[m + 1] / denom;
+    m += 2;
+  }
 }
 
 // Lowest index n < count holding the largest x[n] (values not NaN): the maximum first, with four
@@ -605,11 +653,30 @@ int64_t RowRng::below(int64_t n) { return static_cast<int64_t>(next() % static_c
 
 namespace {
 
-// Branch-free scan (vectorises): a float is NaN or inf iff its exponent bits are all ones.
+// Branch-free scan: a float is NaN or inf iff its exponent bits are all ones. Four independent
+// 8-wide accumulators (GCC/Clang vectors; two SSE2 halves each on baseline x86-64) keep the OR
+// chain from limiting the load rate.
 FASTALIGN_SIMD_CLONES
 bool any_non_finite(const float* __restrict x, int64_t count) {
+  typedef uint32_t Words __attribute__((vector_size(32)));
+  const Words exponent = Words{} + 0x7F800000u;
+  Words bad0{}, bad1{}, bad2{}, bad3{};
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    Words w0, w1, w2, w3;
+    std::memcpy(&w0, x + i, sizeof w0);
+    std::memcpy(&w1, x + i + 8, sizeof w1);
+    std::memcpy(&w2, x + i + 16, sizeof w2);
+    std::memcpy(&w3, x + i + 24, sizeof w3);
+    bad0 |= (Words)((w0 & exponent) == exponent);
+    bad1 |= (Words)((w1 & exponent) == exponent);
+    bad2 |= (Words)((w2 & exponent) == exponent);
+    bad3 |= (Words)((w3 & exponent) == exponent);
+  }
+  const Words bad = bad0 | bad1 | bad2 | bad3;
   uint32_t any = 0;
-  for (int64_t i = 0; i < count; ++i) {
+  for (int k = 0; k < 8; ++k) any |= bad[k];
+  for (; i < count; ++i) {
     uint32_t bits;
     std::memcpy(&bits, x + i, sizeof bits);
     any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
@@ -678,6 +745,7 @@ void select_pairs(const float* rewards, const int64_t* ids, int64_t B, int64_t N
         RowRng rng(seed, static_cast<uint64_t>(b));
         choices[b - c0] = select_row(row, scratch, strategy, rng);
       }
+      if (strategy == Strategy::Passive) passive_scores(rewards, c0, c1 - c0, N, E, choices);
     }
     for (int64_t b = c0; b < c1; ++b) {
       const Choice& c = choices[b - c0];
