@@ -324,7 +324,13 @@ __attribute__((target("avx2"))) void means_from_row_avx2(const float* __restrict
   for (; n < n_padded; ++n) mean[n] = 0.0;
 }
 
-const bool kHaveAvx2 = __builtin_cpu_supports("avx2");
+// Checked once at load; __builtin_cpu_init first, since static initialisers of a shared library
+// may run before libgcc has filled in the CPU model.
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+const bool kHaveAvx2 = cpu_has_avx2();
 #endif
 
 // c[e * P + n] = t[e * P + n] - mean[n], the head-major centred rewards.
