@@ -43,6 +43,7 @@ py::array_t<float, py::array::c_style> checked_rewards(const py::handle& obj) {
   if (a.shape(2) < 1)
     throw std::invalid_argument("need at least one ensemble head, got E=0");
   // Same dtype already, so this only copies when the layout is not C-contiguous.
+  if (a.flags() & py::array::c_style) return py::reinterpret_borrow<py::array_t<float, py::array::c_style>>(a);
   return py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
@@ -55,17 +56,21 @@ py::array_t<int64_t, py::array::c_style> checked_ids(const py::handle& obj, py::
   if (!a.dtype().is(py::dtype::of<int64_t>()))
     throw std::invalid_argument("ids must be int64, got " + std::string(py::str(a.dtype())) +
                                 "; convert with .astype(np.int64)");
+  if (a.flags() & py::array::c_style) return py::reinterpret_borrow<py::array_t<int64_t, py::array::c_style>>(a);
   return py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(a);
 }
 
 uint64_t checked_seed(const py::handle& seed) {
-  if (!py::isinstance<py::int_>(seed) || py::isinstance<py::bool_>(seed))
+  if (!PyLong_Check(seed.ptr()) || PyBool_Check(seed.ptr()))
     throw std::invalid_argument("seed must be an int, got " +
                                 std::string(py::str(py::type::of(seed).attr("__name__"))));
-  const py::int_ value = py::reinterpret_borrow<py::int_>(seed);
-  if (value < py::int_(0) || value >= py::int_(1).attr("__lshift__")(64))
-    throw std::invalid_argument("seed must be in [0, 2**64), got " + std::string(py::str(value)));
-  return value.cast<uint64_t>();
+  // One C call instead of Python-level comparisons: fails (OverflowError) below 0 or past 2**64 - 1.
+  const unsigned long long value = PyLong_AsUnsignedLongLong(seed.ptr());
+  if (value == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    throw std::invalid_argument("seed must be in [0, 2**64), got " + std::string(py::str(seed)));
+  }
+  return value;
 }
 
 py::tuple select_pairs(const py::handle& rewards_obj, const py::handle& ids_obj,

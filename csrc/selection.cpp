@@ -16,6 +16,13 @@
 #include <stdexcept>
 #include <utility>
 
+#if defined(__SSE2__) || defined(_M_X64)
+#include <immintrin.h>
+#define FASTALIGN_SSE 1
+#else
+#define FASTALIGN_SSE 0
+#endif
+
 namespace fastalign {
 
 namespace {
@@ -60,6 +67,7 @@ class Row {
 
   // The k-th (0-based, ascending index) response not identical to `first`.
   int64_t kth_excluding(int64_t k, int64_t first) const {
+    if (!id_) return k < first ? k : k + 1;
     for (int64_t n = 0; n < n_; ++n) {
       if (same(n, first)) continue;
       if (k-- == 0) return n;
@@ -68,11 +76,14 @@ class Row {
   }
 
   int64_t count_excluding(int64_t first) const {
+    if (!id_) return n_ - 1;
+    const int64_t id = id_[first];
     int64_t count = 0;
-    for (int64_t n = 0; n < n_; ++n) count += same(n, first) ? 0 : 1;
+    for (int64_t n = 0; n < n_; ++n) count += id_[n] != id ? 1 : 0;
     return count;
   }
 
+  const float* data() const { return r_; }
   int64_t responses() const { return n_; }
   int64_t heads() const { return e_; }
 
@@ -86,8 +97,10 @@ class Row {
 // target does not include FMA, so the rounding stays identical to the baseline build.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
 #define FASTALIGN_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#define FASTALIGN_AVX2_PATH 1
 #else
 #define FASTALIGN_SIMD_CLONES
+#define FASTALIGN_AVX2_PATH 0
 #endif
 
 // Rows handled together by the uncertainty kernel: one vector of 4 doubles spans the group.
@@ -112,102 +125,316 @@ void variances_against(const double* __restrict c, double* __restrict v, int64_t
   for (int64_t b = 0; b < n_padded; ++b) v[b] /= denom;
 }
 
+// Four doubles as one value: a group's 4 rows in the uncertainty kernel, or 4 responses in the
+// head-major loops. GCC/Clang lower it to whatever the target has (2 SSE2 or 1 AVX register);
+// every lane does exactly the scalar operations, so the results are the same bits.
+#pragma GCC diagnostic ignored "-Wpsabi"  // Lanes never crosses a non-inlined call boundary
+typedef double Lanes __attribute__((vector_size(32)));
+
+inline Lanes load_lanes(const double* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store_lanes(double* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
+inline Lanes load_widened(const float* p) {
+  Lanes v;  // element-wise (GCC 12 splits __builtin_convertvector into two halves; this is one op)
+  for (int k = 0; k < 4; ++k) v[k] = static_cast<double>(p[k]);
+  return v;
+}
+
 // v[(a * N + b) * 4 + k] = V(a, b) of row k of a group, for every a < b, from the group's centred
 // rewards interleaved as c [E, N, 4]. The uncertainty rule needs all N(N-1)/2 pairs, and pair rows
-// are short at N ~ 20: spanning 4 prompts with each vector keeps every step a full vector.
+// are short at N ~ 20: spanning 4 prompts with each vector keeps every step a full vector. Heads are
+// the innermost loop with the sums in registers (each pair still adds its terms in head order), and
+// four b's run side by side so the adds of independent pairs overlap.
 FASTALIGN_SIMD_CLONES
 void group_pair_variances(const double* __restrict c, double* __restrict v, int64_t n_count,
                           int64_t e_count) {
-  const int64_t size = n_count * n_count * kGroup;
-  for (int64_t i = 0; i < size; ++i) v[i] = 0.0;
-  for (int64_t e = 0; e < e_count; ++e) {
-    const double* __restrict ce = c + e * n_count * kGroup;
-    for (int64_t a = 0; a + 1 < n_count; ++a) {
-      double ca[kGroup];
-      for (int64_t k = 0; k < kGroup; ++k) ca[k] = ce[a * kGroup + k];
-      double* __restrict row = v + a * n_count * kGroup;
-      for (int64_t b = a + 1; b < n_count; ++b) {
-        for (int64_t k = 0; k < kGroup; ++k) {
-          const double t = ca[k] - ce[b * kGroup + k];
-          row[b * kGroup + k] += t * t;
-        }
+  const int64_t stride = n_count * kGroup;  // from head e to head e + 1
+  const Lanes denom = Lanes{} + static_cast<double>(e_count);
+  for (int64_t a = 0; a + 1 < n_count; ++a) {
+    double* __restrict row = v + a * n_count * kGroup;
+    int64_t b = a + 1;
+    for (; b + 4 <= n_count; b += 4) {
+      Lanes s0{}, s1{}, s2{}, s3{};
+      const double* __restrict ce = c;
+      for (int64_t e = 0; e < e_count; ++e, ce += stride) {
+        const Lanes ca = load_lanes(ce + a * kGroup);
+        const Lanes t0 = ca - load_lanes(ce + b * kGroup);
+        const Lanes t1 = ca - load_lanes(ce + (b + 1) * kGroup);
+        const Lanes t2 = ca - load_lanes(ce + (b + 2) * kGroup);
+        const Lanes t3 = ca - load_lanes(ce + (b + 3) * kGroup);
+        s0 += t0 * t0;
+        s1 += t1 * t1;
+        s2 += t2 * t2;
+        s3 += t3 * t3;
       }
+      store_lanes(row + b * kGroup, s0 / denom);
+      store_lanes(row + (b + 1) * kGroup, s1 / denom);
+      store_lanes(row + (b + 2) * kGroup, s2 / denom);
+      store_lanes(row + (b + 3) * kGroup, s3 / denom);
+    }
+    for (; b < n_count; ++b) {
+      Lanes s0{};
+      const double* __restrict ce = c;
+      for (int64_t e = 0; e < e_count; ++e, ce += stride) {
+        const Lanes t0 = load_lanes(ce + a * kGroup) - load_lanes(ce + b * kGroup);
+        s0 += t0 * t0;
+      }
+      store_lanes(row + b * kGroup, s0 / denom);
     }
   }
-  const double denom = static_cast<double>(e_count);
-  for (int64_t i = 0; i < size; ++i) v[i] /= denom;
 }
 
-// The ensemble mean of one response, summed in head order.
-double mean_of(const Row& row, int64_t n) {
-  double s = 0.0;
-  for (int64_t e = 0; e < row.heads(); ++e) s += row.at(n, e);
-  return s / static_cast<double>(row.heads());
+// t[e * P + n] = R[n, e]: one row turned head-major (P = N rounded up to a multiple of 4, padding
+// zeroed), so per-response sums over heads run down contiguous vectors. 4x4 blocks move through
+// SSE registers; the copy is exact.
+FASTALIGN_SIMD_CLONES
+void transpose_row(const float* __restrict r, float* __restrict t, int64_t n_count, int64_t n_padded,
+                   int64_t e_count) {
+  int64_t n = 0;
+#if FASTALIGN_SSE
+  for (; n + 4 <= n_count; n += 4) {
+    const float* r0 = r + n * e_count;
+    int64_t e = 0;
+    for (; e + 4 <= e_count; e += 4) {
+      __m128 x0 = _mm_loadu_ps(r0 + e), x1 = _mm_loadu_ps(r0 + e_count + e);
+      __m128 x2 = _mm_loadu_ps(r0 + 2 * e_count + e), x3 = _mm_loadu_ps(r0 + 3 * e_count + e);
+      _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+      _mm_storeu_ps(t + e * n_padded + n, x0);
+      _mm_storeu_ps(t + (e + 1) * n_padded + n, x1);
+      _mm_storeu_ps(t + (e + 2) * n_padded + n, x2);
+      _mm_storeu_ps(t + (e + 3) * n_padded + n, x3);
+    }
+    for (; e < e_count; ++e)
+      for (int64_t k = 0; k < 4; ++k) t[e * n_padded + n + k] = r0[k * e_count + e];
+  }
+#endif
+  for (; n < n_count; ++n)
+    for (int64_t e = 0; e < e_count; ++e) t[e * n_padded + n] = r[n * e_count + e];
+  for (; n < n_padded; ++n)
+    for (int64_t e = 0; e < e_count; ++e) t[e * n_padded + n] = 0.0f;
 }
 
-// Per-call scratch buffers, reused across rows to keep allocation out of the hot loop. Centred
-// rewards are stored head-major so the variance loops run over contiguous responses.
+// Sums over heads, in order, of 16 (or, for the last block, 4) adjacent responses of the
+// head-major row, as means. Separate accumulators (not an array) so they stay in registers.
+inline void means_block16(const float* __restrict t, double* __restrict mean, int64_t n_padded,
+                          int64_t e_count, Lanes denom) {
+  Lanes s0{}, s1{}, s2{}, s3{};
+  for (int64_t e = 0; e < e_count; ++e, t += n_padded) {
+    s0 += load_widened(t);
+    s1 += load_widened(t + 4);
+    s2 += load_widened(t + 8);
+    s3 += load_widened(t + 12);
+  }
+  store_lanes(mean, s0 / denom);
+  store_lanes(mean + 4, s1 / denom);
+  store_lanes(mean + 8, s2 / denom);
+  store_lanes(mean + 12, s3 / denom);
+}
+
+inline void means_block4(const float* __restrict t, double* __restrict mean, int64_t n_padded,
+                         int64_t e_count, Lanes denom) {
+  Lanes s0{};
+  for (int64_t e = 0; e < e_count; ++e, t += n_padded) s0 += load_widened(t);
+  store_lanes(mean, s0 / denom);
+}
+
+// mean[n] for n < P from the head-major row: each response sums its heads in order e = 0..E-1
+// (lanes run side by side; no lane's order changes). Rows of a chunk are independent, so their
+// chains of adds overlap.
+FASTALIGN_SIMD_CLONES
+void means_head_major(const float* __restrict t, double* __restrict mean, int64_t n_padded,
+                      int64_t e_count) {
+  const Lanes denom = Lanes{} + static_cast<double>(e_count);
+  int64_t n = 0;
+  for (; n + 16 <= n_padded; n += 16) means_block16(t + n, mean + n, n_padded, e_count, denom);
+  for (; n < n_padded; n += 4) means_block4(t + n, mean + n, n_padded, e_count, denom);
+}
+
+#if FASTALIGN_AVX2_PATH
+// 4 responses x 4 heads from the row: lanes k = head e + k's rewards of the 4 responses, as doubles.
+// Half a transpose (unpack) then widening and 128-bit lane swaps: no trip through memory.
+__attribute__((target("avx2"))) inline void widen_block(const float* r0, int64_t e_count, int64_t e,
+                                                       __m256d out[4]) {
+  const __m128 x0 = _mm_loadu_ps(r0 + e), x1 = _mm_loadu_ps(r0 + e_count + e);
+  const __m128 x2 = _mm_loadu_ps(r0 + 2 * e_count + e), x3 = _mm_loadu_ps(r0 + 3 * e_count + e);
+  const __m256d a = _mm256_cvtps_pd(_mm_unpacklo_ps(x0, x1));  // heads e, e+1 of responses 0, 1
+  const __m256d b = _mm256_cvtps_pd(_mm_unpacklo_ps(x2, x3));  // heads e, e+1 of responses 2, 3
+  const __m256d c = _mm256_cvtps_pd(_mm_unpackhi_ps(x0, x1));  // heads e+2, e+3 of responses 0, 1
+  const __m256d d = _mm256_cvtps_pd(_mm_unpackhi_ps(x2, x3));
+  out[0] = _mm256_permute2f128_pd(a, b, 0x20);
+  out[1] = _mm256_permute2f128_pd(a, b, 0x31);
+  out[2] = _mm256_permute2f128_pd(c, d, 0x20);
+  out[3] = _mm256_permute2f128_pd(c, d, 0x31);
+}
+
+// The same means as transpose_row + means_head_major (each response adds its heads in order e =
+// 0..E-1, then divides by E), straight from the row: 8 responses per pass in two independent
+// chains, the last < 4 responses one at a time. Padding entries n in [N, P) are set to 0.
+__attribute__((target("avx2"))) void means_from_row_avx2(const float* __restrict r,
+                                                         double* __restrict mean, int64_t n_count,
+                                                         int64_t n_padded, int64_t e_count) {
+  const __m256d denom = _mm256_set1_pd(static_cast<double>(e_count));
+  int64_t n = 0;
+  for (; n + 8 <= n_count; n += 8) {
+    const float* r0 = r + n * e_count;
+    const float* r4 = r0 + 4 * e_count;
+    __m256d s0 = _mm256_setzero_pd(), s4 = _mm256_setzero_pd();
+    int64_t e = 0;
+    for (; e + 4 <= e_count; e += 4) {
+      __m256d h0[4], h4[4];
+      widen_block(r0, e_count, e, h0);
+      widen_block(r4, e_count, e, h4);
+      for (int j = 0; j < 4; ++j) {
+        s0 = _mm256_add_pd(s0, h0[j]);
+        s4 = _mm256_add_pd(s4, h4[j]);
+      }
+    }
+    for (; e < e_count; ++e) {
+      const float* q = r0 + e;
+      s0 = _mm256_add_pd(s0, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+      q = r4 + e;
+      s4 = _mm256_add_pd(s4, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+    }
+    _mm256_storeu_pd(mean + n, _mm256_div_pd(s0, denom));
+    _mm256_storeu_pd(mean + n + 4, _mm256_div_pd(s4, denom));
+  }
+  for (; n + 4 <= n_count; n += 4) {
+    const float* r0 = r + n * e_count;
+    __m256d s0 = _mm256_setzero_pd();
+    int64_t e = 0;
+    for (; e + 4 <= e_count; e += 4) {
+      __m256d h0[4];
+      widen_block(r0, e_count, e, h0);
+      for (int j = 0; j < 4; ++j) s0 = _mm256_add_pd(s0, h0[j]);
+    }
+    for (; e < e_count; ++e) {
+      const float* q = r0 + e;
+      s0 = _mm256_add_pd(s0, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+    }
+    _mm256_storeu_pd(mean + n, _mm256_div_pd(s0, denom));
+  }
+  for (; n < n_count; ++n) {
+    double s0 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) s0 += static_cast<double>(r[n * e_count + e]);
+    mean[n] = s0 / static_cast<double>(e_count);
+  }
+  for (; n < n_padded; ++n) mean[n] = 0.0;
+}
+
+// Checked once at load; __builtin_cpu_init first, since static initialisers of a shared library
+// may run before libgcc has filled in the CPU model.
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+const bool kHaveAvx2 = cpu_has_avx2();
+#endif
+
+// c[e * P + n] = t[e * P + n] - mean[n], the head-major centred rewards.
+FASTALIGN_SIMD_CLONES
+void centre_head_major(const float* __restrict t, const double* __restrict mean, double* __restrict c,
+                       int64_t n_padded, int64_t e_count) {
+  for (int64_t e = 0; e < e_count; ++e)
+    for (int64_t n = 0; n < n_padded; ++n)
+      c[e * n_padded + n] = static_cast<double>(t[e * n_padded + n]) - mean[n];
+}
+
+bool averages_every_response(Strategy strategy) {
+  return strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty ||
+         strategy == Strategy::BestWorst || strategy == Strategy::BestOfN;
+}
+
+// True when no value is NaN or +-inf (exponent bits not all ones); branch-free, vectorises.
+FASTALIGN_SIMD_CLONES
+bool all_finite(const double* __restrict x, int64_t count) {
+  uint64_t bad = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint64_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    bad |= static_cast<uint64_t>((bits & 0x7FF0000000000000ULL) == 0x7FF0000000000000ULL);
+  }
+  return bad == 0;
+}
+
+// Rows whose means are computed in one pass before any of them is selected: the per-row chains of
+// adds overlap across rows instead of each row's selection waiting on its own means.
+constexpr int64_t kChunk = 16;  // a multiple of kGroup
+
+// Per-call scratch buffers, reused across rows to keep allocation out of the hot loop. Rules that
+// average every response turn each row of a chunk head-major (t) and compute its means up front;
+// per-response sums over heads and the centring then run over contiguous responses.
 struct Scratch {
   int64_t n_count, n_padded, e_count;
-  std::vector<double> mean, centred, acc;  // [N], [E, P] zero padded, [P]    (bai-ts)
+  bool keep_rows;                          // whether the rules read t (bai-ts, uncertainty)
+  std::vector<float> t;                    // [kChunk, E, P] the chunk's rows, head-major, zero padded
+  std::vector<double> means;               // [kChunk, P]
+  const float* row_t = nullptr;            // the current row's slices of t and means
+  const double* mean = nullptr;
+  std::vector<double> centred, acc;        // [E, P], [P] (bai-ts; centred also for uncertainty)
   std::vector<double> grouped, group_acc;  // [E, N, 4], [N, N, 4]            (uncertainty)
   std::vector<int64_t> order;              // ee-ts: the other heads, shuffled
+  std::vector<double> masked;              // [N] values with unavailable responses at -inf
 
-  Scratch(int64_t n, int64_t e, Strategy strategy)
-      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e), mean(n), order(e > 0 ? e - 1 : 0) {
-    if (strategy == Strategy::BaiTs) {
-      centred.assign(n_padded * e, 0.0);
-      acc.assign(n_padded, 0.0);
+  Scratch(int64_t b, int64_t n, int64_t e, Strategy strategy)
+      : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e),
+        keep_rows(strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty),
+        order(e > 0 ? e - 1 : 0), masked(n) {
+    if (averages_every_response(strategy)) {
+      const int64_t rows = std::min(b, kChunk);
+#if FASTALIGN_AVX2_PATH
+      if (keep_rows || !kHaveAvx2) t.resize(rows * e * n_padded);
+#else
+      t.resize(rows * e * n_padded);
+#endif
+      means.resize(rows * n_padded);
     }
+    if (strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty) centred.assign(n_padded * e, 0.0);
+    if (strategy == Strategy::BaiTs) acc.assign(n_padded, 0.0);
     if (strategy == Strategy::Uncertainty) {
       grouped.assign(e * n * kGroup, 0.0);
       group_acc.assign(n * n * kGroup, 0.0);
     }
   }
 
-  // Four responses at a time: their in-order sums are independent, so the adds overlap instead of
-  // each waiting on one long dependency chain. Same order per response as mean_of.
-  void fill_mean(const Row& row) {
-    const double denom = static_cast<double>(e_count);
-    int64_t n = 0;
-    for (; n + 4 <= n_count; n += 4) {
-      double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-      for (int64_t e = 0; e < e_count; ++e) {
-        s0 += row.at(n, e);
-        s1 += row.at(n + 1, e);
-        s2 += row.at(n + 2, e);
-        s3 += row.at(n + 3, e);
-      }
-      mean[n] = s0 / denom;
-      mean[n + 1] = s1 / denom;
-      mean[n + 2] = s2 / denom;
-      mean[n + 3] = s3 / denom;
+  // Means of rows [b0, b1) (at most kChunk). NaN or inf anywhere in a row makes one of its means
+  // non-finite (float32 values cannot overflow a float64 sum), so the return value validates the
+  // rows at no extra pass over the data: false when some value is not finite.
+  bool fill_chunk(const float* rewards, int64_t b0, int64_t b1) {
+    const int64_t row_size = n_count * e_count, t_size = e_count * n_padded;
+#if FASTALIGN_AVX2_PATH
+    if (!keep_rows && kHaveAvx2) {  // only the means are needed: skip the head-major copy
+      for (int64_t b = b0; b < b1; ++b)
+        means_from_row_avx2(rewards + b * row_size, means.data() + (b - b0) * n_padded, n_count,
+                            n_padded, e_count);
+      return all_finite(means.data(), (b1 - b0) * n_padded);
     }
-    for (; n < n_count; ++n) mean[n] = mean_of(row, n);
+#endif
+    for (int64_t b = b0; b < b1; ++b) {
+      float* tb = t.data() + (b - b0) * t_size;
+      transpose_row(rewards + b * row_size, tb, n_count, n_padded, e_count);
+      means_head_major(tb, means.data() + (b - b0) * n_padded, n_padded, e_count);
+    }
+    return all_finite(means.data(), (b1 - b0) * n_padded);
   }
 
-  // NaN or inf anywhere in the row makes some mean non-finite: float32 values cannot overflow a
-  // float64 sum, so this validates a row whose means were filled at no extra pass.
-  bool means_finite() const {
-    bool ok = true;
-    for (int64_t n = 0; n < n_count; ++n) ok &= std::isfinite(mean[n]);
-    return ok;
+  // Point at row k of the chunk.
+  void use_row(int64_t k) {
+    row_t = t.data() + k * e_count * n_padded;
+    mean = means.data() + k * n_padded;
   }
 
-  void fill_centred(const Row& row) {
-    fill_mean(row);
-    double* __restrict c = centred.data();
-    for (int64_t n = 0; n < n_count; ++n)
-      for (int64_t e = 0; e < e_count; ++e) c[e * n_padded + n] = row.at(n, e) - mean[n];
-  }
+  void fill_centred() { centre_head_major(row_t, mean, centred.data(), n_padded, e_count); }
 
-  // Lane k of the uncertainty group: the same centred values, interleaved [E, N, 4].
-  void fill_grouped(const Row& row, int64_t k) {
-    fill_mean(row);
-    double* __restrict c = grouped.data();
-    for (int64_t n = 0; n < n_count; ++n)
-      for (int64_t e = 0; e < e_count; ++e)
-        c[(e * n_count + n) * kGroup + k] = row.at(n, e) - mean[n];
+  // Lane k of the uncertainty group: the current row's centred values, interleaved [E, N, 4].
+  void fill_grouped(int64_t k) {
+    fill_centred();
+    const double* __restrict c = centred.data();
+    double* __restrict g = grouped.data();
+    for (int64_t e = 0; e < e_count; ++e)
+      for (int64_t n = 0; n < n_count; ++n) g[(e * n_count + n) * kGroup + k] = c[e * n_padded + n];
   }
 
   double group_variance(int64_t a, int64_t b, int64_t k) const {
@@ -228,42 +455,105 @@ Choice mean_margin(const Scratch& s, int64_t first, int64_t second) {
   return c;
 }
 
+// The pair only; its score comes from passive_scores once the whole chunk is picked.
 Choice select_passive(const Row& row, RowRng& rng) {
   Choice c;
   c.first = rng.below(row.responses());
   c.second = row.kth_excluding(rng.below(row.count_excluding(c.first)), c.first);
-  double s1 = 0.0, s2 = 0.0;  // mean_of for both, as two interleaved chains
-  for (int64_t e = 0; e < row.heads(); ++e) {
-    s1 += row.at(c.first, e);
-    s2 += row.at(c.second, e);
-  }
-  const double denom = static_cast<double>(row.heads());
-  c.score = s1 / denom - s2 / denom;
   return c;
 }
 
-int64_t argmax_mean(const Scratch& s, int64_t n_count) {
-  int64_t best = 0;
-  for (int64_t n = 1; n < n_count; ++n)
-    if (s.mean[n] > s.mean[best]) best = n;
-  return best;
+// out[i] = sum over heads, in order e = 0..E-1, of double(p[i][e]). Eight responses at a time: each
+// sum is one chain of dependent adds, so running eight side by side hides the add latency.
+void sum_heads(const float* const* p, int64_t count, int64_t e_count, double* out) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const float *p0 = p[i], *p1 = p[i + 1], *p2 = p[i + 2], *p3 = p[i + 3];
+    const float *p4 = p[i + 4], *p5 = p[i + 5], *p6 = p[i + 6], *p7 = p[i + 7];
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) {
+      s0 += static_cast<double>(p0[e]);
+      s1 += static_cast<double>(p1[e]);
+      s2 += static_cast<double>(p2[e]);
+      s3 += static_cast<double>(p3[e]);
+      s4 += static_cast<double>(p4[e]);
+      s5 += static_cast<double>(p5[e]);
+      s6 += static_cast<double>(p6[e]);
+      s7 += static_cast<double>(p7[e]);
+    }
+    out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
+    out[i + 4] = s4, out[i + 5] = s5, out[i + 6] = s6, out[i + 7] = s7;
+  }
+  for (; i < count; ++i) {
+    double s0 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) s0 += static_cast<double>(p[i][e]);
+    out[i] = s0;
+  }
+}
+
+// Passive scores of the chunk's valid rows (rows c0 + k): mean of the first pick minus mean of the
+// second, the two means summed in head order like every other mean.
+void passive_scores(const float* rewards, int64_t c0, int64_t count, int64_t N, int64_t E,
+                    Choice* choices) {
+  const float* picked[2 * kChunk];
+  double sums[2 * kChunk];
+  int64_t m = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    if (choices[k].first < 0) continue;
+    const float* row = rewards + (c0 + k) * N * E;
+    picked[m++] = row + choices[k].first * E;
+    picked[m++] = row + choices[k].second * E;
+  }
+  sum_heads(picked, m, E, sums);
+  const double denom = static_cast<double>(E);
+  m = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    if (choices[k].first < 0) continue;
+    choices[k].score = sums[m] / denom - sums[m + 1] / denom;
+    m += 2;
+  }
+}
+
+// Lowest index n < count holding the largest x[n] (values not NaN): the maximum first, with four
+// running maxima so the compares do not wait on each other, then the first index holding it.
+// Same answer as a left-to-right "strictly greater" scan, but no chain of count dependent steps.
+template <typename T>
+int64_t argmax_of(const T* __restrict x, int64_t count) {
+  T m0 = x[0], m1 = x[0], m2 = x[0], m3 = x[0];
+  int64_t n = 0;
+  for (; n + 4 <= count; n += 4) {
+    m0 = x[n] > m0 ? x[n] : m0;
+    m1 = x[n + 1] > m1 ? x[n + 1] : m1;
+    m2 = x[n + 2] > m2 ? x[n + 2] : m2;
+    m3 = x[n + 3] > m3 ? x[n + 3] : m3;
+  }
+  for (; n < count; ++n) m0 = x[n] > m0 ? x[n] : m0;
+  m0 = m1 > m0 ? m1 : m0;
+  m2 = m3 > m2 ? m3 : m2;
+  m0 = m2 > m0 ? m2 : m0;
+  n = 0;
+  while (!(x[n] == m0)) ++n;
+  return n;
+}
+
+// Lowest-index argmax over responses not identical to `first` (the others count as -inf, as in the
+// reference) of x, or of -x when `negate` (then it is the lowest-index argmin of x).
+int64_t argmax_available(const Row& row, const double* x, int64_t first, bool negate, double* masked) {
+  const double unavailable = -std::numeric_limits<double>::infinity();
+  for (int64_t n = 0; n < row.responses(); ++n)
+    masked[n] = row.same(n, first) ? unavailable : (negate ? -x[n] : x[n]);
+  return argmax_of(masked, row.responses());
 }
 
 Choice select_best_of_n(const Row& row, Scratch& s, RowRng& rng) {
-  s.fill_mean(row);
-  const int64_t first = argmax_mean(s, row.responses());
+  const int64_t first = argmax_of(s.mean, row.responses());
   const int64_t second = row.kth_excluding(rng.below(row.count_excluding(first)), first);
   return mean_margin(s, first, second);
 }
 
 Choice select_best_worst(const Row& row, Scratch& s) {
-  s.fill_mean(row);
-  const int64_t first = argmax_mean(s, row.responses());
-  int64_t second = -1;
-  for (int64_t n = 0; n < row.responses(); ++n) {
-    if (row.same(n, first)) continue;
-    if (second < 0 || s.mean[n] < s.mean[second]) second = n;
-  }
+  const int64_t first = argmax_of(s.mean, row.responses());
+  const int64_t second = argmax_available(row, s.mean, first, /*negate=*/true, s.masked.data());
   return mean_margin(s, first, second);
 }
 
@@ -296,13 +586,10 @@ Choice select_bai_ts(const Row& row, Scratch& s, RowRng& rng) {
   const int64_t n_count = row.responses();
   Choice c;
   c.head1 = rng.below(row.heads());
-  c.first = row.argmax_head(c.head1);
-  s.fill_centred(row);
+  c.first = argmax_of(s.row_t + c.head1 * s.n_padded, n_count);  // the row, head-major
+  s.fill_centred();
   variances_against(s.centred.data(), s.acc.data(), s.n_padded, row.heads(), c.first);
-  for (int64_t n = 0; n < n_count; ++n) {
-    if (row.same(n, c.first)) continue;
-    if (c.second < 0 || s.acc[n] > s.acc[c.second]) c.second = n;
-  }
+  c.second = argmax_available(row, s.acc.data(), c.first, /*negate=*/false, s.masked.data());
   c.score = s.acc[c.second];
   return c;
 }
@@ -372,18 +659,42 @@ int64_t RowRng::below(int64_t n) { return static_cast<int64_t>(next() % static_c
 
 namespace {
 
+// Branch-free scan: a float is NaN or inf iff its exponent bits are all ones. Four independent
+// 8-wide accumulators (GCC/Clang vectors; two SSE2 halves each on baseline x86-64) keep the OR
+// chain from limiting the load rate.
+FASTALIGN_SIMD_CLONES
+bool any_non_finite(const float* __restrict x, int64_t count) {
+  typedef uint32_t Words __attribute__((vector_size(32)));
+  const Words exponent = Words{} + 0x7F800000u;
+  Words bad0{}, bad1{}, bad2{}, bad3{};
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    Words w0, w1, w2, w3;
+    std::memcpy(&w0, x + i, sizeof w0);
+    std::memcpy(&w1, x + i + 8, sizeof w1);
+    std::memcpy(&w2, x + i + 16, sizeof w2);
+    std::memcpy(&w3, x + i + 24, sizeof w3);
+    bad0 |= (Words)((w0 & exponent) == exponent);
+    bad1 |= (Words)((w1 & exponent) == exponent);
+    bad2 |= (Words)((w2 & exponent) == exponent);
+    bad3 |= (Words)((w3 & exponent) == exponent);
+  }
+  const Words bad = bad0 | bad1 | bad2 | bad3;
+  uint32_t any = 0;
+  for (int k = 0; k < 8; ++k) any |= bad[k];
+  for (; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+  }
+  return any != 0;
+}
+
 // Throws naming the first non-finite value in rows [row_from, row_to) by its [b, n, e] index.
 void check_finite_rows(const float* rewards, int64_t row_from, int64_t row_to, int64_t N, int64_t E) {
-  // Branch-free scan first (vectorises): a float is NaN or inf iff its exponent bits are all ones.
   const float* begin = rewards + row_from * N * E;
   const int64_t count = (row_to - row_from) * N * E;
-  uint32_t any_bad = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, begin + i, sizeof bits);
-    any_bad |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
-  }
-  if (!any_bad) return;
+  if (!any_non_finite(begin, count)) return;
   for (int64_t i = 0; i < count; ++i) {
     if (std::isfinite(begin[i])) continue;
     std::ostringstream msg;
@@ -394,19 +705,14 @@ void check_finite_rows(const float* rewards, int64_t row_from, int64_t row_to, i
   }
 }
 
-bool averages_every_response(Strategy strategy) {
-  return strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty ||
-         strategy == Strategy::BestWorst || strategy == Strategy::BestOfN;
-}
-
-// Uncertainty for rows [g0, g1) (at most kGroup): centre every row into its lane (validating it
-// through its means), run the grouped kernel, then scan each valid row's pairs. Lanes past g1 keep
-// stale finite values whose results are ignored.
-void select_uncertainty_group(const float* rewards, const int64_t* ids, int64_t g0, int64_t g1,
-                              int64_t N, int64_t E, Scratch& s, Choice* out) {
+// Uncertainty for rows [g0, g1) (at most kGroup) of the chunk starting at c0: centre every row
+// into its lane, run the grouped kernel, then scan each valid row's pairs. Lanes past g1 keep stale
+// finite values whose results are ignored.
+void select_uncertainty_group(const float* rewards, const int64_t* ids, int64_t c0, int64_t g0,
+                              int64_t g1, int64_t N, int64_t E, Scratch& s, Choice* out) {
   for (int64_t b = g0; b < g1; ++b) {
-    s.fill_grouped(Row(rewards + b * N * E, ids ? ids + b * N : nullptr, N, E), b - g0);
-    if (!s.means_finite()) check_finite_rows(rewards, b, b + 1, N, E);
+    s.use_row(b - c0);
+    s.fill_grouped(b - g0);
   }
   group_pair_variances(s.grouped.data(), s.group_acc.data(), N, E);
   for (int64_t b = g0; b < g1; ++b) {
@@ -423,31 +729,32 @@ void check_finite(const float* rewards, int64_t B, int64_t N, int64_t E) {
 
 void select_pairs(const float* rewards, const int64_t* ids, int64_t B, int64_t N, int64_t E,
                   Strategy strategy, uint64_t seed, int64_t* pairs, int64_t* heads, double* scores) {
-  // Rules that average every response validate each row through its means (no second pass over
-  // the data); rows are visited in order, so the first failure is also the first bad value.
-  const bool validate_by_means = averages_every_response(strategy);
-  if (!validate_by_means) check_finite(rewards, B, N, E);
-  Scratch scratch(N, E, strategy);
-  Choice choices[kGroup];
-  for (int64_t g0 = 0; g0 < B; g0 += kGroup) {
-    const int64_t g1 = std::min(B, g0 + kGroup);
+  // Rules that average every response validate each chunk of rows through its means (no second
+  // pass over the data); chunks are visited in order, so the first failure is the first bad value.
+  const bool by_means = averages_every_response(strategy);
+  if (!by_means) check_finite(rewards, B, N, E);
+  Scratch scratch(B, N, E, strategy);
+  Choice choices[kChunk];
+  for (int64_t c0 = 0; c0 < B; c0 += kChunk) {
+    const int64_t c1 = std::min(B, c0 + kChunk);
+    if (by_means && !scratch.fill_chunk(rewards, c0, c1)) check_finite_rows(rewards, c0, c1, N, E);
     if (strategy == Strategy::Uncertainty) {
-      select_uncertainty_group(rewards, ids, g0, g1, N, E, scratch, choices);
+      for (int64_t g0 = c0; g0 < c1; g0 += kGroup)
+        select_uncertainty_group(rewards, ids, c0, g0, std::min(c1, g0 + kGroup), N, E, scratch,
+                                 choices + (g0 - c0));
     } else {
-      for (int64_t b = g0; b < g1; ++b) {
+      for (int64_t b = c0; b < c1; ++b) {
         const Row row(rewards + b * N * E, ids ? ids + b * N : nullptr, N, E);
-        choices[b - g0] = Choice();
-        if (row.has_two_distinct()) {
-          RowRng rng(seed, static_cast<uint64_t>(b));
-          choices[b - g0] = select_row(row, scratch, strategy, rng);
-          if (validate_by_means && !scratch.means_finite()) check_finite_rows(rewards, b, b + 1, N, E);
-        } else if (validate_by_means) {
-          check_finite_rows(rewards, b, b + 1, N, E);
-        }
+        choices[b - c0] = Choice();
+        if (!row.has_two_distinct()) continue;
+        if (by_means) scratch.use_row(b - c0);
+        RowRng rng(seed, static_cast<uint64_t>(b));
+        choices[b - c0] = select_row(row, scratch, strategy, rng);
       }
+      if (strategy == Strategy::Passive) passive_scores(rewards, c0, c1 - c0, N, E, choices);
     }
-    for (int64_t b = g0; b < g1; ++b) {
-      const Choice& c = choices[b - g0];
+    for (int64_t b = c0; b < c1; ++b) {
+      const Choice& c = choices[b - c0];
       pairs[2 * b] = c.first;
       pairs[2 * b + 1] = c.second;
       heads[2 * b] = c.head1;

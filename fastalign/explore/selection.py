@@ -46,6 +46,8 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MUL1 = np.uint64(0xBF58476D1CE4E5B9)
 _MUL2 = np.uint64(0x94D049BB133111EB)
 _warned_fallback = False
+_FLOAT32 = np.dtype(np.float32)
+_INT64 = np.dtype(np.int64)
 
 
 @dataclass(slots=True)
@@ -388,6 +390,17 @@ def select_pairs(
     rewards. Deterministic for a seed; "auto" uses C++ when built, else numpy (warning once).
     """
     name, module = _resolve_backend(backend)
+    if (
+        module is not None
+        and type(rewards) is np.ndarray
+        and rewards.dtype is _FLOAT32
+        and (ids is None or (type(ids) is np.ndarray and ids.dtype is _INT64))
+        and type(seed) is int
+    ):
+        # The common call, kept cheap: the extension checks strategy, seed, shapes and finiteness
+        # itself, in the same order and with the same messages as the checks below.
+        pairs, heads, scores = module.select_pairs(rewards, ids, strategy, seed)
+        return Selection(pairs=pairs, heads=heads, scores=scores, strategy=strategy, backend=name)
     _check_strategy(strategy)
     seed = _check_seed(seed)
     r = _to_numpy(rewards, "rewards", floating=True)
