@@ -17,10 +17,13 @@ from .config import RunConfig
 from .data import PromptStream
 from .engine import GenerationEngine
 from .eval import WinRateEvaluator, plot_win_rate
-from .learner.distributed import all_reduce_sum, is_main_process
-from .learner.learner import PolicyLearner
+from .checkpoint import Checkpointer, ProcessRng
+from .faults import GenerationError, RunInterrupted, StopSignals, write_failed_batch
+from .learner.distributed import all_reduce_max, all_reduce_sum, is_main_process
+from .learner.learner import NonFiniteLossError, PolicyLearner
 from .metrics import MetricsLogger, read_metrics
 from .oracle import Oracle
+from .oracle.durable import OracleFailure
 from .types import Completion, Preference, PreferencePair, Prompt
 
 STAGES = ("generate", "select", "oracle", "reward_model", "learn", "sync")
@@ -34,6 +37,18 @@ class LoopState:
     ties: int = 0
     start_time: float = field(default_factory=time.time)
     last_eval: dict = field(default_factory=dict)
+    eval_round: int = -1  # the round of last_eval
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "queries": self.queries, "pairs_trained": self.pairs_trained,
+                "ties": self.ties, "elapsed": time.time() - self.start_time, "last_eval": dict(self.last_eval),
+                "eval_round": self.eval_round}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round, self.queries = int(state["round"]), int(state["queries"])
+        self.pairs_trained, self.ties = int(state["pairs_trained"]), int(state["ties"])
+        self.start_time, self.last_eval = time.time() - float(state["elapsed"]), dict(state["last_eval"])
+        self.eval_round = int(state["eval_round"])
 
 
 def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray,
@@ -59,6 +74,58 @@ class OnlineLoop:
         self.rank, self.world_size, self.tokenizer = rank, world_size, tokenizer
         self.state = LoopState()
         self.out = Path(cfg.output_dir)
+        self.checkpointer: Checkpointer | None = None  # set by enable_checkpoints()
+        self.signals = StopSignals()
+        self.resumed = False
+        self.run_info: dict = {}  # what the run's set-up reports (e.g. prompts skipped), added to the summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def enable_checkpoints(self) -> Checkpointer:
+        """Checkpoint every cfg.checkpoint_every rounds, on SIGTERM/SIGINT, on a fault and at the end."""
+        components = {"loop": self.state, "stream": self.stream, "explorer": self.explorer, "rng": ProcessRng()}
+        if hasattr(self.oracle, "state_dict"):
+            components["oracle"] = self.oracle
+        self.checkpointer = Checkpointer(self.cfg, self.learner, components, rank=self.rank,
+                                         world_size=self.world_size, metrics_path=self.metrics.path)
+        return self.checkpointer
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint: every component's state, then the engine gets the learner's weights."""
+        self.checkpointer.restore(path)
+        if self.learner.steps:
+            self.engine.update_weights(self.learner.named_weights())
+        self.resumed = True
+
+    def _guarded_round(self) -> dict[str, float]:
+        """One round; if it fails (oracle, engine) its partial progress is rolled back and checkpointed."""
+        if self.checkpointer is None:
+            return self.round()
+        before = self.checkpointer.states()
+        try:
+            return self.round()
+        except (OracleFailure, GenerationError) as exc:
+            if self.world_size == 1:  # a lone failing rank cannot join a collective save
+                path = self.checkpointer.save(self.state.round, self.state.queries, states=before)
+                exc.args = (f"{exc.args[0]}; state saved to {path}, resume with `--resume auto`",)
+            raise
+
+    def _after_round(self) -> None:
+        """Periodic checkpoint, then the stop conditions that checkpoint first: a signal, divergence."""
+        cp, cfg = self.checkpointer, self.cfg
+        if cp is None:
+            return
+        signum = int(all_reduce_max(self.signals.received or 0))
+        diverged = self.learner.skipped_steps > cfg.max_nonfinite_steps
+        due = cfg.checkpoint_every and self.state.round % cfg.checkpoint_every == 0
+        if due or signum or diverged:
+            cp.save(self.state.round, self.state.queries)
+        if signum:
+            raise RunInterrupted(signum, self.state.round, cp.last_saved)
+        if diverged:
+            raise NonFiniteLossError(
+                f"{self.learner.skipped_steps} steps had a NaN/inf loss or gradient (max_nonfinite_steps="
+                f"{cfg.max_nonfinite_steps}): the run is diverging; lower --learning_rate or --beta, or check the "
+                f"oracle for extreme values; state saved to {cp.last_saved}")
 
     # ------------------------------------------------------------------ one round
     def round(self) -> dict[str, float]:
@@ -66,9 +133,13 @@ class OnlineLoop:
         t = time.perf_counter()
         prompts = self.stream.next_batch(cfg.batch_size)
         seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
-        completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
-                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, seed=seed)
+        try:
+            completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
+                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                               top_p=cfg.top_p, seed=seed)
+        except Exception as exc:  # noqa: BLE001 — any engine failure is reported with its batch
+            batch = write_failed_batch(self.out / f"failed_batch-rank{self.rank}.jsonl", prompts)
+            raise GenerationError(self.state.round + 1, prompts, exc, batch) from exc
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
         idx = self.explorer.select(prompts, completions)
@@ -116,7 +187,7 @@ class OnlineLoop:
         # before the first update the policy is the reference: its greedy responses are already known
         metrics, responses = self.evaluator.evaluate(self.evaluator.reference if self.learner.steps == 0 else None)
         metrics["time/eval"] = time.perf_counter() - t
-        self.state.last_eval = metrics
+        self.state.last_eval, self.state.eval_round = metrics, self.state.round
         self.metrics.log("eval", self.state.queries, {"round": self.state.round, **metrics})
         if is_main_process():
             self._write_responses(responses)
@@ -144,23 +215,36 @@ class OnlineLoop:
 
         bar = tqdm(total=self.cfg.rounds, desc="rounds", disable=not (self.cfg.progress and is_main_process()),
                    dynamic_ncols=True)
-        self.evaluate()
-        while (reason := self.should_stop()) is None:
-            row = self.round()
-            if self.state.round % self.cfg.eval_every == 0:
-                self.evaluate()
-            bar.update(1)
-            bar.set_postfix(queries=self.state.queries, win=f"{100 * self.state.last_eval['win_rate']:.0f}%",
-                            pairs_s=f"{row['pairs_per_sec']:.2f}", loss=f"{row.get('loss', float('nan')):.3f}")
-        bar.close()
-        if self.state.round % self.cfg.eval_every:
+        if not self.resumed:
             self.evaluate()
+        self.signals.install()
+        try:
+            while (reason := self.should_stop()) is None:
+                row = self._guarded_round()
+                if self.state.round % self.cfg.eval_every == 0:
+                    self.evaluate()
+                self._after_round()
+                bar.update(1)
+                bar.set_postfix(queries=self.state.queries, win=f"{100 * self.state.last_eval['win_rate']:.0f}%",
+                                pairs_s=f"{row['pairs_per_sec']:.2f}", loss=f"{row.get('loss', float('nan')):.3f}")
+        finally:
+            self.signals.restore()
+            bar.close()
+        if self.state.eval_round != self.state.round:
+            self.evaluate()
+        cp = self.checkpointer
+        if cp is not None and (cp.last_saved is None or cp.last_saved.name != f"checkpoint-{self.state.round:06d}"):
+            cp.save(self.state.round, self.state.queries)  # the end state, to extend the run with more --rounds
         return self.finish(reason)
 
     def finish(self, reason: str) -> dict:
         summary = {"stopped": reason, "rounds": self.state.round, "queries": self.state.queries,
                    "pairs_trained": self.state.pairs_trained, "tied_pairs": self.state.ties,
-                   "wall_time_s": round(time.time() - self.state.start_time, 1), **self.state.last_eval}
+                   "wall_time_s": round(time.time() - self.state.start_time, 1), **self.state.last_eval,
+                   **self.run_info}
+        if hasattr(self.oracle, "paid_queries"):  # a DurableOracle: what was paid vs answered from its log
+            summary["oracle_paid_queries"] = int(all_reduce_sum(self.oracle.paid_queries))
+            summary["oracle_replayed_queries"] = int(all_reduce_sum(self.oracle.replayed_queries))
         if is_main_process():
             evals = read_metrics(self.metrics.path, kind="eval")
             plot_win_rate(evals, self.out / "win_rate.png", title=f"{self.cfg.loss} · {self.cfg.oracle} oracle")
