@@ -76,7 +76,6 @@ class OnlineLoop:
         self.out = Path(cfg.output_dir)
         self.checkpointer: Checkpointer | None = None  # set by enable_checkpoints()
         self.signals = StopSignals()
-        self.resumed = False
         self.run_info: dict = {}  # what the run's set-up reports (e.g. prompts skipped), added to the summary
 
     # ------------------------------------------------------------------ checkpoints
@@ -94,15 +93,15 @@ class OnlineLoop:
         self.checkpointer.restore(path)
         if self.learner.steps:
             self.engine.update_weights(self.learner.named_weights())
-        self.resumed = True
 
-    def _guarded_round(self) -> dict[str, float]:
-        """One round; if it fails (oracle, engine) its partial progress is rolled back and checkpointed."""
+    def _guarded(self, step, rollback: bool):
+        """Run `step`; if the oracle or the engine fails, checkpoint first: a round's partial progress is
+        rolled back to its start (the learner has not stepped yet), an evaluation's is simply redone."""
         if self.checkpointer is None:
-            return self.round()
-        before = self.checkpointer.states()
+            return step()
+        before = self.checkpointer.states() if rollback else None
         try:
-            return self.round()
+            return step()
         except (OracleFailure, GenerationError) as exc:
             if self.world_size == 1:  # a lone failing rank cannot join a collective save
                 path = self.checkpointer.save(self.state.round, self.state.queries, states=before)
@@ -215,14 +214,14 @@ class OnlineLoop:
 
         bar = tqdm(total=self.cfg.rounds, desc="rounds", disable=not (self.cfg.progress and is_main_process()),
                    dynamic_ncols=True)
-        if not self.resumed:
-            self.evaluate()
+        if self.state.eval_round != self.state.round and self.state.round % self.cfg.eval_every == 0:
+            self.evaluate()  # round 0, or a resume whose checkpoint was written before its round's evaluation
         self.signals.install()
         try:
             while (reason := self.should_stop()) is None:
-                row = self._guarded_round()
+                row = self._guarded(self.round, rollback=True)
                 if self.state.round % self.cfg.eval_every == 0:
-                    self.evaluate()
+                    self._guarded(self.evaluate, rollback=False)
                 self._after_round()
                 bar.update(1)
                 bar.set_postfix(queries=self.state.queries, win=f"{100 * self.state.last_eval['win_rate']:.0f}%",

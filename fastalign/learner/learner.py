@@ -132,14 +132,14 @@ class PolicyLearner:
     def save_state(self, directory: str | Path) -> None:
         """Policy, optimizer and DeepSpeed's own state (collective: call on every rank)."""
         self.engine.save_checkpoint(str(directory), tag="learner",
-                                    client_state={"steps": self.steps, "skipped_steps": self.skipped_steps})
+                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps})
 
     def load_state(self, directory: str | Path) -> None:
         path, client = self.engine.load_checkpoint(str(directory), tag="learner", load_optimizer_states=True,
                                                    load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed learner checkpoint in {directory}")
-        self.steps, self.skipped_steps = int(client["steps"]), int(client["skipped_steps"])
+        self.steps, self.skipped_steps = int(client["steps"]), int(client["nonfinite_skipped_steps"])
 
     def _micro_loss(self, pairs: list[PreferencePair], w: torch.Tensor, total_weight: float):
         logps = sequence_logps(self.policy, self._batch(pairs), impl=self.logprob_impl)
