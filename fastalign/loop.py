@@ -111,20 +111,19 @@ class OnlineLoop:
     def _after_round(self) -> None:
         """Periodic checkpoint, then the stop conditions that checkpoint first: a signal, divergence."""
         cp, cfg = self.checkpointer, self.cfg
-        if cp is None:
-            return
         signum = int(all_reduce_max(self.signals.received or 0))
         diverged = self.learner.skipped_steps > cfg.max_nonfinite_steps
         due = cfg.checkpoint_every and self.state.round % cfg.checkpoint_every == 0
-        if due or signum or diverged:
+        if cp is not None and (due or signum or diverged):
             cp.save(self.state.round, self.state.queries)
+        saved = cp.last_saved if cp is not None else None
         if signum:
-            raise RunInterrupted(signum, self.state.round, cp.last_saved)
+            raise RunInterrupted(signum, self.state.round, saved)
         if diverged:
             raise NonFiniteLossError(
                 f"{self.learner.skipped_steps} steps had a NaN/inf loss or gradient (max_nonfinite_steps="
                 f"{cfg.max_nonfinite_steps}): the run is diverging; lower --learning_rate or --beta, or check the "
-                f"oracle for extreme values; state saved to {cp.last_saved}")
+                f"oracle for extreme values; state saved to {saved}")
 
     # ------------------------------------------------------------------ one round
     def round(self) -> dict[str, float]:
