@@ -213,6 +213,8 @@ class OnlineLoop:
 
         bar = tqdm(total=self.cfg.rounds, desc="rounds", disable=not (self.cfg.progress and is_main_process()),
                    dynamic_ncols=True)
+        if self.state.eval_round == -1 and self.run_info:
+            self.metrics.log("data", 0, self.run_info)  # how much of the input the run actually uses
         if self.state.eval_round != self.state.round and self.state.round % self.cfg.eval_every == 0:
             self.evaluate()  # round 0, or a resume whose checkpoint was written before its round's evaluation
         self.signals.install()

@@ -200,7 +200,9 @@ def test_nan_loss_steps_are_skipped_counted_and_stop_the_run(tiny_model_dir, tmp
     out = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match=r"2 steps had a NaN/inf loss.*max_nonfinite_steps=1.*"
                                                  r"checkpoint-000002"):
-        run_in_process(tiny_model_dir, out, max_nonfinite_steps=1)
+        run_in_process(tiny_model_dir, out, max_nonfinite_steps=1, max_prompt_tokens=48, on_long_prompt="drop")
+    data = read_metrics(out / "metrics.jsonl", kind="data")[0]
+    assert data["prompts_dropped"] > 0 and data["prompts_truncated"] == 0 == data["prompts_skipped"]
     train = read_metrics(out / "metrics.jsonl", kind="train")
     assert [r["skipped_total"] for r in train] == [1.0, 2.0]
     saved = torch.load(next((out / "checkpoints" / "checkpoint-000002").rglob("mp_rank_00_model_states.pt")),
