@@ -103,8 +103,10 @@ class OnlineLoop:
         try:
             return step()
         except (OracleFailure, GenerationError) as exc:
+            cp = self.checkpointer
             if self.world_size == 1:  # a lone failing rank cannot join a collective save
-                path = self.checkpointer.save(self.state.round, self.state.queries, states=before)
+                done = cp.last_saved is not None and cp.last_saved.name == f"checkpoint-{self.state.round:06d}"
+                path = cp.last_saved if done else cp.save(self.state.round, self.state.queries, states=before)
                 exc.args = (f"{exc.args[0]}; state saved to {path}, resume with `--resume auto`",)
             raise
 
