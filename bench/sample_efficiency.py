@@ -105,8 +105,8 @@ def finished(cfg: RunConfig) -> bool:
     if not (out / "summary.json").is_file() or not (out / "config.json").is_file():
         return False
     saved = json.loads((out / "config.json").read_text())
-    wanted = cfg.to_dict()
-    return all(saved.get(k) == v for k, v in wanted.items() if k not in ("dtype", "engine_dtype"))
+    defaults = RunConfig().to_dict()  # an option newer than the run must be at the default it then had
+    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in ("dtype", "engine_dtype"))
 
 
 def run_one(cfg: RunConfig) -> float:

@@ -22,6 +22,8 @@ ERM_FEATURES = ("minilm", "policy")
 RESPONSE_SOURCES = ("policy", "reference")
 PREFERENCE_MODES = ("deterministic", "bt")
 LOGPROB_IMPLS = ("auto", "fused", "naive")
+BAD_PROMPT_MODES = ("fail", "skip")
+LONG_PROMPT_MODES = ("truncate", "drop")
 DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes it natively
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPTS = "default"
@@ -43,6 +45,8 @@ class RunConfig:
     eval_prompts: str | None = None  # defaults to the held-out split of the default set
     prompt_field: str = "prompt"
     max_prompt_tokens: int = 96
+    on_bad_prompt: str = "fail"  # a malformed prompt row: fail with its file:line, or skip it (counted)
+    on_long_prompt: str = "truncate"  # a prompt over max_prompt_tokens: truncate or drop it (counted)
     num_eval_prompts: int = 64
     # --- generation engine ---
     engine: str = "auto"
@@ -58,6 +62,9 @@ class RunConfig:
     judge_instruction: str | None = None
     preference: str = "deterministic"
     bt_temperature: float = 1.0
+    oracle_retries: int = 3  # retries of a failed/timed-out oracle call (exponential back-off) before failing
+    oracle_timeout: float | None = None  # seconds per oracle call; None = wait forever
+    oracle_backoff: float = 1.0  # seconds before the first retry; doubles each time
     # --- exploration ---
     explore: str = "passive"  # or a SEA rule over the epistemic reward model's samples
     erm_heads: int = 20
@@ -89,6 +96,11 @@ class RunConfig:
     save_final: bool = True
     tensorboard: bool = True
     progress: bool = True
+    # --- reliability ---
+    checkpoint_every: int = 10  # rounds between checkpoints (0 = only on SIGTERM/SIGINT, faults and the end)
+    keep_checkpoints: int = 2  # the newest K complete checkpoints are kept
+    resume: str | None = None  # a checkpoint directory, a directory of checkpoints, or "auto" (output_dir's latest)
+    max_nonfinite_steps: int = 10  # NaN/inf loss or gradient steps skipped before the run stops
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "RunConfig":
@@ -120,6 +132,8 @@ class RunConfig:
         choice("dtype", DTYPES)
         choice("engine_dtype", DTYPES)
         choice("logprob_impl", LOGPROB_IMPLS)
+        choice("on_bad_prompt", BAD_PROMPT_MODES)
+        choice("on_long_prompt", LONG_PROMPT_MODES)
         positive = ("batch_size", "micro_batch_size", "max_new_tokens", "rounds", "eval_every",
                     "updates_per_round", "max_prompt_tokens", "num_eval_prompts")
         for name in positive:
@@ -165,9 +179,25 @@ class RunConfig:
                                   f"or {DEFAULT_PROMPTS!r})")
         if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
             raise ConfigError(f"deepspeed_config not found: {self.deepspeed_config!r}")
+        self._validate_reliability()
         if self.max_queries is not None and self.max_queries < self.batch_size:
             raise ConfigError(f"max_queries ({self.max_queries}) is below one round's batch_size ({self.batch_size})")
         return self
+
+    def _validate_reliability(self) -> None:
+        for name in ("checkpoint_every", "oracle_retries", "max_nonfinite_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be ≥ 1 (the newest is what --resume needs), "
+                              f"got {self.keep_checkpoints}")
+        if self.oracle_timeout is not None and not self.oracle_timeout > 0:
+            raise ConfigError(f"oracle_timeout must be > 0 seconds (omit it to wait forever), got {self.oracle_timeout}")
+        if self.oracle_backoff < 0:
+            raise ConfigError(f"oracle_backoff must be ≥ 0 seconds, got {self.oracle_backoff}")
+        if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
+            raise ConfigError(f"--resume {self.resume!r}: no such directory (give a checkpoint directory, "
+                              "a directory of checkpoints, or 'auto' for output_dir's latest)")
 
     # ------------------------------------------------------------------ I/O
     def resolved_logprob_impl(self) -> str:

@@ -17,10 +17,13 @@ from .config import RunConfig
 from .data import PromptStream
 from .engine import GenerationEngine
 from .eval import WinRateEvaluator, plot_win_rate
-from .learner.distributed import all_reduce_sum, is_main_process
-from .learner.learner import PolicyLearner
+from .checkpoint import Checkpointer, ProcessRng
+from .faults import GenerationError, RunInterrupted, StopSignals, write_failed_batch
+from .learner.distributed import all_reduce_max, all_reduce_sum, is_main_process
+from .learner.learner import NonFiniteLossError, PolicyLearner
 from .metrics import MetricsLogger, read_metrics
 from .oracle import Oracle
+from .oracle.durable import OracleFailure
 from .types import Completion, PreferencePair, Prompt
 
 STAGES = ("generate", "select", "oracle", "reward_model", "learn", "sync")
@@ -34,6 +37,18 @@ class LoopState:
     ties: int = 0
     start_time: float = field(default_factory=time.time)
     last_eval: dict = field(default_factory=dict)
+    eval_round: int = -1  # the round of last_eval
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "queries": self.queries, "pairs_trained": self.pairs_trained,
+                "ties": self.ties, "elapsed": time.time() - self.start_time, "last_eval": dict(self.last_eval),
+                "eval_round": self.eval_round}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round, self.queries = int(state["round"]), int(state["queries"])
+        self.pairs_trained, self.ties = int(state["pairs_trained"]), int(state["ties"])
+        self.start_time, self.last_eval = time.time() - float(state["elapsed"]), dict(state["last_eval"])
+        self.eval_round = int(state["eval_round"])
 
 
 def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray,
@@ -62,6 +77,57 @@ class OnlineLoop:
         self.state = LoopState()
         self.out = Path(cfg.output_dir)
         self.engine_weights = "reference"  # the engine starts with the initial (= reference) weights
+        self.checkpointer: Checkpointer | None = None  # set by enable_checkpoints()
+        self.signals = StopSignals()
+        self.run_info: dict = {}  # what the run's set-up reports (e.g. prompts skipped), added to the summary
+
+    # ------------------------------------------------------------------ checkpoints
+    def enable_checkpoints(self) -> Checkpointer:
+        """Checkpoint every cfg.checkpoint_every rounds, on SIGTERM/SIGINT, on a fault and at the end."""
+        components = {"loop": self.state, "stream": self.stream, "explorer": self.explorer, "rng": ProcessRng()}
+        if hasattr(self.oracle, "state_dict"):
+            components["oracle"] = self.oracle
+        self.checkpointer = Checkpointer(self.cfg, self.learner, components, rank=self.rank,
+                                         world_size=self.world_size, metrics_path=self.metrics.path)
+        return self.checkpointer
+
+    def resume(self, path: Path) -> None:
+        """Continue from a checkpoint: every component's state, then the engine gets the learner's weights."""
+        self.checkpointer.restore(path)
+        self.load_engine("policy")
+
+    def _guarded(self, step, rollback: bool):
+        """Run `step`; if the oracle or the engine fails, checkpoint first: a round's partial progress is
+        rolled back to its start (the learner has not stepped yet), an evaluation's is simply redone."""
+        if self.checkpointer is None:
+            return step()
+        before = self.checkpointer.states() if rollback else None
+        try:
+            return step()
+        except (OracleFailure, GenerationError) as exc:
+            cp = self.checkpointer
+            if self.world_size == 1:  # a lone failing rank cannot join a collective save
+                done = cp.last_saved is not None and cp.last_saved.name == f"checkpoint-{self.state.round:06d}"
+                path = cp.last_saved if done else cp.save(self.state.round, self.state.queries, states=before)
+                exc.args = (f"{exc.args[0]}; state saved to {path}, resume with `--resume auto`",)
+            raise
+
+    def _after_round(self) -> None:
+        """Periodic checkpoint, then the stop conditions that checkpoint first: a signal, divergence."""
+        cp, cfg = self.checkpointer, self.cfg
+        signum = int(all_reduce_max(self.signals.received or 0))
+        diverged = self.learner.skipped_steps > cfg.max_nonfinite_steps
+        due = cfg.checkpoint_every and self.state.round % cfg.checkpoint_every == 0
+        if cp is not None and (due or signum or diverged):
+            cp.save(self.state.round, self.state.queries)
+        saved = cp.last_saved if cp is not None else None
+        if signum:
+            raise RunInterrupted(signum, self.state.round, saved)
+        if diverged:
+            raise NonFiniteLossError(
+                f"{self.learner.skipped_steps} steps had a NaN/inf loss or gradient (max_nonfinite_steps="
+                f"{cfg.max_nonfinite_steps}): the run is diverging; lower --learning_rate or --beta, or check the "
+                f"oracle for extreme values; state saved to {saved}")
 
     # ------------------------------------------------------------------ one round
     def round(self) -> dict[str, float]:
@@ -71,9 +137,13 @@ class OnlineLoop:
         seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
         if cfg.responses_from == "reference":
             self.load_engine("reference")
-        completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
-                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, seed=seed)
+        try:
+            completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
+                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                               top_p=cfg.top_p, seed=seed)
+        except Exception as exc:  # noqa: BLE001 — any engine failure is reported with its batch
+            batch = write_failed_batch(self.out / f"failed_batch-rank{self.rank}.jsonl", prompts)
+            raise GenerationError(self.state.round + 1, prompts, exc, batch) from exc
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
         idx = self.explorer.select(prompts, completions, queries=self.state.queries)
@@ -144,7 +214,7 @@ class OnlineLoop:
             metrics.update(self.evaluator.evaluate_best_of_n(self.explorer.score, self.cfg.eval_best_of_n, seed,
                                                              self.cfg.temperature, self.cfg.top_p))
         metrics["time/eval"] = time.perf_counter() - t
-        self.state.last_eval = metrics
+        self.state.last_eval, self.state.eval_round = metrics, self.state.round
         self.metrics.log("eval", self.state.queries, {"round": self.state.round, **metrics})
         if is_main_process():
             self._write_responses(responses)
@@ -172,23 +242,38 @@ class OnlineLoop:
 
         bar = tqdm(total=self.cfg.rounds, desc="rounds", disable=not (self.cfg.progress and is_main_process()),
                    dynamic_ncols=True)
-        self.evaluate()
-        while (reason := self.should_stop()) is None:
-            row = self.round()
-            if self.state.round % self.cfg.eval_every == 0:
-                self.evaluate()
-            bar.update(1)
-            bar.set_postfix(queries=self.state.queries, win=f"{100 * self.state.last_eval['win_rate']:.0f}%",
-                            pairs_s=f"{row['pairs_per_sec']:.2f}", loss=f"{row.get('loss', float('nan')):.3f}")
-        bar.close()
-        if self.state.round % self.cfg.eval_every:
+        if self.state.eval_round == -1 and self.run_info:
+            self.metrics.log("data", 0, self.run_info)  # how much of the input the run actually uses
+        if self.state.eval_round != self.state.round and self.state.round % self.cfg.eval_every == 0:
+            self.evaluate()  # round 0, or a resume whose checkpoint was written before its round's evaluation
+        self.signals.install()
+        try:
+            while (reason := self.should_stop()) is None:
+                row = self._guarded(self.round, rollback=True)
+                if self.state.round % self.cfg.eval_every == 0:
+                    self._guarded(self.evaluate, rollback=False)
+                self._after_round()
+                bar.update(1)
+                bar.set_postfix(queries=self.state.queries, win=f"{100 * self.state.last_eval['win_rate']:.0f}%",
+                                pairs_s=f"{row['pairs_per_sec']:.2f}", loss=f"{row.get('loss', float('nan')):.3f}")
+        finally:
+            self.signals.restore()
+            bar.close()
+        if self.state.eval_round != self.state.round:
             self.evaluate()
+        cp = self.checkpointer
+        if cp is not None and (cp.last_saved is None or cp.last_saved.name != f"checkpoint-{self.state.round:06d}"):
+            cp.save(self.state.round, self.state.queries)  # the end state, to extend the run with more --rounds
         return self.finish(reason)
 
     def finish(self, reason: str) -> dict:
         summary = {"stopped": reason, "rounds": self.state.round, "queries": self.state.queries,
                    "pairs_trained": self.state.pairs_trained, "tied_pairs": self.state.ties,
-                   "wall_time_s": round(time.time() - self.state.start_time, 1), **self.state.last_eval}
+                   "wall_time_s": round(time.time() - self.state.start_time, 1), **self.state.last_eval,
+                   **self.run_info}
+        if hasattr(self.oracle, "paid_queries"):  # a DurableOracle: what was paid vs answered from its log
+            summary["oracle_paid_queries"] = int(all_reduce_sum(self.oracle.paid_queries))
+            summary["oracle_replayed_queries"] = int(all_reduce_sum(self.oracle.replayed_queries))
         if is_main_process():
             evals = read_metrics(self.metrics.path, kind="eval")
             plot_win_rate(evals, self.out / "win_rate.png", title=f"{self.cfg.loss} · {self.cfg.oracle} oracle")

@@ -1,4 +1,6 @@
 """The CLI stops bad runs before any work (no model is loaded), with a message naming the problem."""
+import hashlib
+import json
 import subprocess
 import sys
 
@@ -59,3 +61,35 @@ def test_module_entry_point_exits_2_with_message():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--oracle judge needs --oracle_path" in proc.stderr
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, capsys, no_model_loading):
+    from fastalign.config import RunConfig
+
+    ckpt = tmp_path / "out" / "checkpoints" / "checkpoint-000004"
+    ckpt.mkdir(parents=True)
+    saved = RunConfig(output_dir=str(tmp_path / "out"), beta=0.1).to_dict()
+    (ckpt / "run.json").write_text(json.dumps({"round": 4, "queries": 32, "world_size": 1, "config": saved}))
+    files = {"run.json": [(ckpt / "run.json").stat().st_size, hashlib.sha256((ckpt / "run.json").read_bytes()).hexdigest()]}
+    (ckpt / "manifest.json").write_text(json.dumps({"round": 4, "files": files}))
+    argv = ["--output_dir", str(tmp_path / "out"), "--resume", "auto"]
+    code, err = run_train(argv + ["--beta", "0.2", "--rounds", "50"], capsys)
+    assert code == 2 and "cannot resume from" in err and "beta: 0.1 → 0.2" in err and "rounds" not in err.split(";")[0]
+    code, err = run_train(["--output_dir", str(tmp_path / "out")], capsys)  # a fresh run over a resumable one
+    assert code == 2 and "already holds checkpoints" in err and "--resume auto" in err
+    (ckpt / "run.json").write_text("{}")  # damaged: nothing usable left to resume from
+    code, err = run_train(argv, capsys)
+    assert code == 2 and "no usable checkpoint" in err and "run.json has 2 bytes" in err
+
+
+def test_skipped_and_dropped_prompts_are_counted(tmp_path):
+    from fastalign.config import RunConfig
+    from fastalign.train import split_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    rows = [f'{{"prompt": "write line {i}"}}' for i in range(12)] + ['{"prompt": ', '{"text": "x"}', '[1]']
+    path.write_text("\n".join(rows) + "\n")
+    cfg = RunConfig(prompts=str(path), num_eval_prompts=4, on_bad_prompt="skip")
+    train, held = split_prompts(cfg)
+    assert (len(train), len(held), len(train.skipped)) == (8, 4, 3)
+    assert "prompts.jsonl:13: malformed JSON" in train.skipped[0] and "missing field 'prompt'" in train.skipped[1]

@@ -46,6 +46,13 @@ def test_json_round_trip(tmp_path):
     (["--top_p", "1.5"], "top_p must be in (0, 1]"),
     (["--logprob_impl", "fused", "--zero_stage", "3"], "ZeRO-3 partitions it"),
     (["--logprob_impl", "triton"], "unknown logprob_impl 'triton'"),
+    (["--on_bad_prompt", "ignore"], "unknown on_bad_prompt 'ignore'"),
+    (["--on_long_prompt", "cut"], "unknown on_long_prompt 'cut'"),
+    (["--keep_checkpoints", "0"], "keep_checkpoints must be ≥ 1"),
+    (["--checkpoint_every", "-1"], "checkpoint_every must be ≥ 0"),
+    (["--oracle_timeout", "0"], "oracle_timeout must be > 0"),
+    (["--oracle_retries", "-2"], "oracle_retries must be ≥ 0"),
+    (["--resume", "/no/such/checkpoint"], "--resume '/no/such/checkpoint': no such directory"),
 ])
 def test_bad_flags_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

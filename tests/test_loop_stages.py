@@ -43,6 +43,7 @@ class FakeEngine:
 class FakeLearner:
     def __init__(self):
         self.steps = 0
+        self.skipped_steps = 0  # steps refused for a NaN/inf loss
         self.pairs: list = []
         self.reference = torch.nn.Module()
         self.reference.register_parameter("reference", torch.nn.Parameter(torch.zeros(1)))

@@ -56,6 +56,15 @@ class PassiveExplorer:
         """Learn from the oracle's labels of the selected pairs (passive exploration has nothing to learn)."""
         return {}
 
+    def state_dict(self) -> dict:
+        """`calls` seeds the next selection, so a resumed run picks the same pairs."""
+        return {"strategy": self.strategy, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["strategy"] != self.strategy:
+            raise ValueError(f"explorer state is for {state['strategy']!r}, this explorer is {self.strategy!r}")
+        self.calls = int(state["calls"])
+
 
 class EpistemicExplorer(PassiveExplorer):
     """SEA: reward samples R[b, n, e] from the epistemic reward model, then a selection rule.
@@ -118,6 +127,15 @@ class EpistemicExplorer(PassiveExplorer):
             self.reward_model.add_pairs(torch.where(w, first, second), torch.where(w, second, first))
         stats = self.reward_model.update()
         return {f"erm/{k}": v for k, v in stats.items()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "reward_model": self.reward_model.state_dict(),
+                "mixed_rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.reward_model.load_state_dict(state["reward_model"])
+        self._rng.bit_generator.state = state["mixed_rng"]
 
 
 def confident_pairs(rewards: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -36,6 +36,7 @@ Library use, without the trainer:
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -212,7 +213,7 @@ class EpistemicRewardModel:
         return {"config": dict(self.config),
                 "params": {n: p.detach().cpu().clone() for n, p in self.net.named_parameters()},
                 "anchors": {n: a.cpu().clone() for n, a in self.anchors.items()},
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),  # a snapshot, not live moments
                 "replay": {"data": self.replay.data.clone(), "next": self.replay.next},
                 "sample_gen": self.sample_gen.get_state(),
                 "pairs_seen": self.pairs_seen, "steps": self.steps}

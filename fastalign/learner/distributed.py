@@ -70,5 +70,13 @@ def all_reduce_sum(value: float) -> float:
     return float(t.item())
 
 
+def all_reduce_max(value: float) -> float:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0

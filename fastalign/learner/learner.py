@@ -56,6 +56,7 @@ class PolicyLearner:
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
         self.steps = 0
+        self.skipped_steps = 0  # NaN/inf steps skipped so far
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -89,14 +90,20 @@ class PolicyLearner:
         total_weight = max(sum(weights), 1e-8)
         sums: dict[str, float] = {}
         chunks = range(0, len(pairs), self.cfg.micro_batch_size)
+        finite = True
         for k, start in enumerate(chunks):
             chunk = pairs[start:start + self.cfg.micro_batch_size]
             w = torch.tensor(weights[start:start + len(chunk)], dtype=torch.float32)
             loss, metrics = self._micro_loss(chunk, w, total_weight)
+            if not _all_ranks_finite(loss.detach()):
+                finite = False
+                break
             self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1)
             self.engine.backward(loss, scale_wrt_gas=False)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * len(chunk)
+        if not (finite and self._finite_gradients()):
+            return self._skip_step()
         self.engine.step()
         self.steps += 1
         out = {key: value / len(pairs) for key, value in sums.items()}
@@ -105,6 +112,34 @@ class PolicyLearner:
             out["grad_norm"] = _finite_or_nan(grad_norm)
         out["lr"] = self.cfg.learning_rate
         return out
+
+    def _finite_gradients(self) -> bool:
+        """All gradients finite on every rank (checked where they live on the parameters: ZeRO 0; ZeRO
+        1/2/3 keep reduced gradients in partitions, there only the loss is checked)."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        ok = all(bool(torch.isfinite(g).all()) for g in grads)
+        return _all_ranks_finite(torch.tensor(0.0 if ok else float("nan")))
+
+    def _skip_step(self) -> dict[str, float]:
+        """A NaN/inf loss or gradient: drop this round's gradients, leave weights and optimizer untouched."""
+        self.engine.zero_grad()
+        for p in self.policy.parameters():
+            p.grad = None
+        self.skipped_steps += 1  # the loop stops the run past cfg.max_nonfinite_steps
+        return {"skipped_nonfinite": 1.0, "skipped_total": float(self.skipped_steps)}
+
+    # ------------------------------------------------------------------ checkpoint
+    def save_state(self, directory: str | Path) -> None:
+        """Policy, optimizer and DeepSpeed's own state (collective: call on every rank)."""
+        self.engine.save_checkpoint(str(directory), tag="learner",
+                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps})
+
+    def load_state(self, directory: str | Path) -> None:
+        path, client = self.engine.load_checkpoint(str(directory), tag="learner", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed learner checkpoint in {directory}")
+        self.steps, self.skipped_steps = int(client["steps"]), int(client["nonfinite_skipped_steps"])
 
     def _micro_loss(self, pairs: list[PreferencePair], w: torch.Tensor, total_weight: float):
         logps = sequence_logps(self.policy, self._batch(pairs), impl=self.logprob_impl)
@@ -147,6 +182,20 @@ class PolicyLearner:
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         return out
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many NaN/inf steps (raised by the loop): the run stops instead of training on garbage."""
+
+
+def _all_ranks_finite(value: torch.Tensor) -> bool:
+    """Every rank takes the same skip decision, or the collective optimizer step would hang."""
+    import torch.distributed as dist
+
+    bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(bad)
+    return bad.item() == 0
 
 
 def _finite_or_nan(value) -> float:

@@ -1,4 +1,4 @@
-"""The explorer: confident pairs for mixed preference learning, burn-in, and which features it reads."""
+"""The explorer: confident pairs for mixed preference learning, burn-in, its features, and its checkpoint state."""
 from __future__ import annotations
 
 import numpy as np
@@ -100,3 +100,28 @@ def test_policy_features_read_token_ids_of_the_given_model(tiny_model_dir):
 def test_config_refuses_bad_exploration_options(options, message):
     with pytest.raises(ConfigError, match=message):
         RunConfig(**options).validate()
+
+
+def trained_explorer(seed: int) -> EpistemicExplorer:
+    model = EpistemicRewardModel(feature_dim=8, num_heads=3, hidden=16, batch_size=4, seed=seed)
+    explorer = EpistemicExplorer("ee-ts", features=None, reward_model=model, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    model.add_pairs(torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g))
+    model.update()
+    explorer.calls = 7
+    return explorer
+
+
+def test_epistemic_explorer_state_round_trips_and_continues_identically():
+    a, b = trained_explorer(0), trained_explorer(1)
+    b.load_state_dict(a.state_dict())
+    assert b.calls == 7 and b.reward_model.pairs_seen == 6
+    assert a.reward_model.update() == b.reward_model.update()  # same Adam state, replay and sampling stream
+    x = torch.randn(5, 8)
+    assert torch.equal(a.reward_model.rewards(x), b.reward_model.rewards(x))
+
+
+def test_state_of_another_strategy_is_refused():
+    passive = PassiveExplorer(seed=0)
+    with pytest.raises(ValueError, match="explorer state is for 'ee-ts'"):
+        passive.load_state_dict(trained_explorer(0).state_dict())
