@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ METHODS: dict[str, dict] = {
     "offline": {"responses_from": "reference"},  # DPO on pairs pre-sampled from the frozen reference
 }
 DEFAULT_METHODS = "passive,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"
+# options that schedule or operate a run without shaping its curve (dtype "auto" is saved resolved)
+NOT_SHAPING = {"dtype", "engine_dtype", "threads", "output_dir", "progress", "tensorboard", "save_final",
+               "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
+               "oracle_timeout", "oracle_backoff"}
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -106,7 +111,7 @@ def finished(cfg: RunConfig) -> bool:
         return False
     saved = json.loads((out / "config.json").read_text())
     defaults = RunConfig().to_dict()  # an option newer than the run must be at the default it then had
-    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in ("dtype", "engine_dtype"))
+    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in NOT_SHAPING)
 
 
 def run_one(cfg: RunConfig) -> float:
@@ -115,6 +120,7 @@ def run_one(cfg: RunConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").unlink(missing_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # a rerun starts afresh
     config_in = out / "bench_config.json"
     cfg.save(config_in)
     start = time.time()
@@ -123,6 +129,7 @@ def run_one(cfg: RunConfig) -> float:
                               cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({proc.returncode}): see {out / 'bench.log'}")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the curve is in metrics.jsonl; a policy is 1.6 GB
     return time.time() - start
 
 
