@@ -71,6 +71,7 @@ def _median_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def part_fastalign(args) -> dict:
     from fastalign.config import RunConfig
+    from fastalign.loop import OnlineLoop
     from fastalign.metrics import read_metrics
     from fastalign.train import run
 
@@ -80,20 +81,34 @@ def part_fastalign(args) -> dict:
                     batch_size=args.batch_size, micro_batch_size=args.batch_size,
                     samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                     beta=BETA, learning_rate=LEARNING_RATE, dtype="fp32", engine_dtype="fp32", engine="vllm",
-                    zero_stage=args.zero_stage, rounds=total, eval_every=total, num_eval_prompts=args.batch_size,
+                    zero_stage=args.zero_stage, share_prompt=args.share_prompt, rounds=total, eval_every=total, num_eval_prompts=args.batch_size,
                     save_final=False, tensorboard=False, progress=False)
+    clocks: list[tuple[float, float]] = []
+    plain_round = OnlineLoop.round
+
+    def clocked_round(loop):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return plain_round(loop)
+        finally:
+            clocks.append((time.perf_counter() - wall, time.process_time() - cpu))
+
+    OnlineLoop.round = clocked_round
     started = time.perf_counter()
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    finally:
+        OnlineLoop.round = plain_round
     wall = time.perf_counter() - started
     train = read_metrics(out / "metrics.jsonl", kind="train")
     rows = []
-    for prev, row in zip(train[args.warmup - 1:], train[args.warmup:]):
+    for row, (round_s, cpu_s) in list(zip(train, clocks))[args.warmup:]:
         stages = {s: row.get(f"time/{s}", 0.0) for s in STAGES}
-        rows.append({"round_s": row["time"] - prev["time"], **stages,
-                     "response_tokens": row["response_tokens"]})
+        rows.append({"round_s": round_s, "cpu_s": cpu_s, **stages, "response_tokens": row["response_tokens"]})
     med = _median_rows(rows)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return {"pairs_per_sec": args.batch_size * world / med["round_s"], "median": med, "rounds": rows,
+    return {"pairs_per_sec": args.batch_size * world / med["round_s"],
+            "pairs_per_cpu_sec": args.batch_size / med["cpu_s"], "median": med, "rounds": rows,
             "world_size": world, "wall_s": wall, "queries": summary["queries"]}
 
 
@@ -141,12 +156,12 @@ def part_trl(args, checkpointing: bool) -> dict:
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *_, **__):
             times.clear()
-            self.t = time.perf_counter()
+            self.t, self.cpu = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *_, **__):
-            step = time.perf_counter() - self.t
+            step, cpu = time.perf_counter() - self.t, time.process_time() - self.cpu
             gen, orc = times.get("generate", 0.0), times.get("oracle", 0.0)
-            rows.append({"round_s": step, "generate": gen, "oracle": orc, "learn": step - gen - orc})
+            rows.append({"round_s": step, "cpu_s": cpu, "generate": gen, "oracle": orc, "learn": step - gen - orc})
 
     config = OnlineDPOConfig(
         output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.batch_size,
@@ -165,8 +180,8 @@ def part_trl(args, checkpointing: bool) -> dict:
     wall = time.perf_counter() - started
     timed_rows = rows[args.warmup:]
     med = _median_rows(timed_rows)
-    return {"pairs_per_sec": args.batch_size / med["round_s"], "median": med, "rounds": timed_rows,
-            "gradient_checkpointing": checkpointing, "wall_s": wall, "trl_version": trl.__version__}
+    return {"pairs_per_sec": args.batch_size / med["round_s"], "pairs_per_cpu_sec": args.batch_size / med["cpu_s"],
+            "median": med, "rounds": timed_rows, "gradient_checkpointing": checkpointing, "wall_s": wall, "trl_version": trl.__version__}
 
 
 # ------------------------------------------------------------------------------------------ component bound
@@ -176,7 +191,7 @@ def part_bound(args) -> dict:
     import torch
 
     from fastalign.engine import build_engine
-    from fastalign.learner.logprobs import build_batch, sequence_logps
+    from fastalign.learner.logprobs import pair_logps
     from fastalign.learner.losses import LossParams, SequenceLogps, loss_function
     from fastalign.models import load_causal_lm, load_tokenizer
 
@@ -192,18 +207,17 @@ def part_bound(args) -> dict:
     rows = []
     try:
         for k, prompts in enumerate(batches):
-            t0 = time.perf_counter()
+            t0, cpu = time.perf_counter(), time.process_time()
             completions = engine.generate([p.token_ids for p in prompts], n=args.samples_per_prompt,
                                           max_new_tokens=args.max_new_tokens, temperature=1.0, seed=k)
             t1 = time.perf_counter()
-            batch = build_batch([p.token_ids for p in prompts] * 2,
-                                [c[0].token_ids for c in completions] + [c[1].token_ids for c in completions],
-                                tokenizer.pad_token_id)
+            ids = ([p.token_ids for p in prompts], [c[0].token_ids for c in completions],
+                   [c[1].token_ids for c in completions])
             with torch.no_grad():
-                ref = sequence_logps(reference, batch)
+                ref = pair_logps(reference, *ids, tokenizer.pad_token_id, share_prompt=args.share_prompt)
             t2 = time.perf_counter()
-            logps, b = sequence_logps(policy, batch), len(prompts)
-            lengths = batch.lengths.float()
+            logps = pair_logps(policy, *ids, tokenizer.pad_token_id, share_prompt=args.share_prompt)
+            b, lengths = len(prompts), torch.tensor([len(r) for r in ids[1] + ids[2]], dtype=torch.float32)
             seq = SequenceLogps(logps[:b], logps[b:], ref[:b], ref[b:], lengths[:b], lengths[b:])
             loss_function("dpo")(seq, params).mean().backward()
             t3 = time.perf_counter()
@@ -211,12 +225,13 @@ def part_bound(args) -> dict:
             optimizer.zero_grad(set_to_none=True)
             t4 = time.perf_counter()
             rows.append({"generate": t1 - t0, "reference": t2 - t1, "forward_backward": t3 - t2,
-                         "optimizer": t4 - t3, "round_s": t4 - t0})
+                         "optimizer": t4 - t3, "round_s": t4 - t0, "cpu_s": time.process_time() - cpu})
     finally:
         engine.close()
     timed_rows = rows[args.warmup:]
     med = _median_rows(timed_rows)
-    return {"pairs_per_sec": args.batch_size / med["round_s"], "median": med, "rounds": timed_rows}
+    return {"pairs_per_sec": args.batch_size / med["round_s"], "pairs_per_cpu_sec": args.batch_size / med["cpu_s"],
+            "median": med, "rounds": timed_rows}
 
 
 def _set_threads(n: int) -> None:
@@ -244,7 +259,7 @@ def run_part(args) -> dict:
 def _common_flags(args) -> list[str]:
     return ["--model", args.model, "--batch_size", str(args.batch_size), "--samples_per_prompt",
             str(args.samples_per_prompt), "--max_new_tokens", str(args.max_new_tokens), "--rounds", str(args.rounds),
-            "--warmup", str(args.warmup)]
+            "--warmup", str(args.warmup), "--share_prompt", str(args.share_prompt).lower()]
 
 
 def spawn(args, part: str, nproc: int = 1) -> dict:
@@ -291,23 +306,27 @@ def machine_info(threads: int) -> dict:
 
 
 def ratios(results: dict) -> dict:
-    def rate(name: str) -> float | None:
-        return results.get(name, {}).get("pairs_per_sec")
-
+    """Speed ratios by wall time and by process CPU time (the latter robust to other jobs on the cores)."""
     out = {}
-    fa = rate("fastalign")
-    for peer in ("trl-default", "trl-nockpt"):
-        if fa and rate(peer):
-            out[f"fastalign_vs_{peer}"] = fa / rate(peer)
-    if fa and rate("bound"):
-        out["fastalign_time_vs_bound"] = rate("bound") / fa
-    if fa and rate("fastalign-2proc"):
-        out["scaling_2proc"] = rate("fastalign-2proc") / fa
+    for clock, key in (("wall", "pairs_per_sec"), ("cpu", "pairs_per_cpu_sec")):
+        def rate(name: str) -> float | None:
+            return results.get(name, {}).get(key)
+
+        fa = rate("fastalign")
+        if not fa:
+            continue
+        for peer in ("trl-default", "trl-nockpt"):
+            if rate(peer):
+                out[f"fastalign_vs_{peer}/{clock}"] = fa / rate(peer)
+        if rate("bound"):
+            out[f"fastalign_time_vs_bound/{clock}"] = rate("bound") / fa
+        if clock == "wall" and rate("fastalign-2proc"):
+            out["scaling_2proc/wall"] = rate("fastalign-2proc") / fa
     return out
 
 
 def table(results: dict, rel: dict) -> str:
-    lines = [f"{'contender':16s} {'pairs/s':>8s} {'round s':>8s} {'generate':>9s} {'oracle':>7s} {'learn':>7s} "
+    lines = [f"{'contender':16s} {'pairs/s':>8s} {'cpu s':>7s} {'round s':>8s} {'generate':>9s} {'oracle':>7s} {'learn':>7s} "
              f"{'sync':>6s}  note"]
     for name, r in results.items():
         if "pairs_per_sec" not in r:
@@ -316,7 +335,7 @@ def table(results: dict, rel: dict) -> str:
         m = r["median"]
         learn = m.get("learn", m.get("reference", 0) + m.get("forward_backward", 0) + m.get("optimizer", 0))
         note = f"resp {m['response_tokens']:.1f} tok" if "response_tokens" in m else ""
-        lines.append(f"{name:16s} {r['pairs_per_sec']:8.3f} {m['round_s']:8.2f} {m.get('generate', 0):9.2f} "
+        lines.append(f"{name:16s} {r['pairs_per_sec']:8.3f} {m.get('cpu_s', 0):7.2f} {m['round_s']:8.2f} {m.get('generate', 0):9.2f} "
                      f"{m.get('oracle', 0):7.3f} {learn:7.2f} {m.get('sync', 0):6.2f}  {note}")
     for key, value in rel.items():
         lines.append(f"{key}: {value:.2f}×")
@@ -332,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="timed rounds per contender")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (≥ 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    p.add_argument("--share_prompt", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help="fastalign and the bound run each pair's prompt once (RunConfig.share_prompt)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--torchrun", action="store_true", help="also run fastalign under torchrun, 2 ranks, ZeRO-2")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per contender")

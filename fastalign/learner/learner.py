@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..models import atomic_directory, load_causal_lm, resolve_dtype
 from ..types import PreferencePair
 from .distributed import is_main_process
-from .logprobs import build_batch, sequence_logps
+from .logprobs import build_batch, pair_logps, sequence_logps
 from .losses import LossParams, SequenceLogps, loss_function, preference_metrics
 
 
@@ -68,10 +68,14 @@ class PolicyLearner:
         todo = [p for p in pairs if p.ref_chosen_logprob is None]
         for start in range(0, len(todo), self.cfg.micro_batch_size):
             chunk = todo[start:start + self.cfg.micro_batch_size]
-            logps = sequence_logps(self.reference, self._batch(chunk), impl=self.logprob_impl)
+            logps = self._pair_logps(self.reference, chunk)
             n = len(chunk)
             for p, c, r in zip(chunk, logps[:n].tolist(), logps[n:].tolist()):
                 p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
+
+    def _pair_logps(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
+        return pair_logps(model, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
+                          [p.rejected_ids for p in pairs], self.pad_id, self.logprob_impl, self.cfg.share_prompt)
 
     def _batch(self, pairs: list[PreferencePair]):
         prompts = [p.prompt_ids for p in pairs] * 2
@@ -107,7 +111,7 @@ class PolicyLearner:
         return out
 
     def _micro_loss(self, pairs: list[PreferencePair], w: torch.Tensor, total_weight: float):
-        logps = sequence_logps(self.policy, self._batch(pairs), impl=self.logprob_impl)
+        logps = self._pair_logps(self.policy, pairs)
         n = len(pairs)
         lengths = torch.tensor([len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs],
                                dtype=torch.float32)
