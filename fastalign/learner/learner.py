@@ -55,6 +55,7 @@ class PolicyLearner:
                                       betas=(0.9, 0.95), fused=False)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
+        skip_identity_allreduce(self.engine, cfg.zero_stage, world_size)
         self.steps = 0
 
     @property
@@ -151,6 +152,13 @@ class PolicyLearner:
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         return out
+
+
+def skip_identity_allreduce(engine, zero_stage: int, world_size: int) -> None:
+    """One rank without ZeRO: averaging gradients over a world of one is the identity, yet DeepSpeed
+    still flattens, all-reduces and copies back every gradient each step (~0.5 s CPU for 135M params)."""
+    if world_size == 1 and zero_stage == 0:
+        engine.enable_backward_allreduce = False
 
 
 def _finite_or_nan(value) -> float:
