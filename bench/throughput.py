@@ -126,13 +126,13 @@ def _vader_reward():
 
 
 def part_trl(args, checkpointing: bool) -> dict:
+    if args.samples_per_prompt != 2:
+        return {"skipped": "TRL's online DPO samples exactly 2 responses per prompt"}
     try:
-        import trl  # noqa: F401
+        import trl
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
     except ImportError as exc:
         return {"skipped": f"TRL is not installed (pip install 'fastalign[bench]'): {exc}"}
-    if args.samples_per_prompt != 2:
-        return {"skipped": "TRL's online DPO samples exactly 2 responses per prompt"}
     from datasets import Dataset
     from transformers import TrainerCallback
 
