@@ -281,8 +281,12 @@ def spawn(args, part: str, nproc: int = 1) -> dict:
         print(f"[throughput] {part}{f' x{nproc} ranks' if nproc > 1 else ''} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
         if proc.returncode != 0 or not out.is_file():
+            print(f"[throughput] {part} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
             return {"failed": f"exit {proc.returncode}", "stderr_tail": proc.stderr[-3000:]}
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        print(f"[throughput] {part}: {result.get('pairs_per_sec', result.get('skipped'))} pairs/s "
+              f"{json.dumps(result.get('median', {}))}", file=sys.stderr, flush=True)
+        return result
 
 
 def machine_info(threads: int) -> dict:
