@@ -100,6 +100,8 @@ def part_fastalign(args) -> dict:
     finally:
         OnlineLoop.round = plain_round
     wall = time.perf_counter() - started
+    if int(os.environ.get("RANK", "0")) != 0:  # only rank 0 logs metrics (and reports)
+        return {"rank": int(os.environ["RANK"])}
     train = read_metrics(out / "metrics.jsonl", kind="train")
     rows = []
     for row, (round_s, cpu_s) in list(zip(train, clocks))[args.warmup:]:
