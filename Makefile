@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export VLLM_ENABLE_V1_MULTIPROCESSING := 0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup train test bench-kernels bench-selection clean-venv
+.PHONY: setup train test bench-kernels bench-selection bench-throughput clean-venv
 
 setup: $(STAMP)
 
@@ -36,6 +36,9 @@ bench-kernels: setup
 
 bench-selection: setup
 	$(PY) bench/selection.py $(ARGS)
+
+bench-throughput: setup
+	$(PY) bench/throughput.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -85,6 +85,7 @@ class RunConfig:
     micro_batch_size: int = 8  # pairs per forward/backward
     updates_per_round: int = 1
     dtype: str = "auto"
+    share_prompt: bool = True  # run a pair's prompt once; chosen and rejected continue from its KV cache
     logprob_impl: str = "auto"  # fused (never materialises logits) / naive; auto = fused unless ZeRO-3
     zero_stage: int = 0
     deepspeed_config: str | None = None  # a DeepSpeed JSON; overrides the flags it sets

@@ -17,7 +17,7 @@ from ..config import RunConfig
 from ..models import atomic_directory, load_causal_lm, resolve_dtype
 from ..types import PreferencePair
 from .distributed import is_main_process
-from .logprobs import build_batch, sequence_logps
+from .logprobs import build_batch, pair_logps, sequence_logps
 from .losses import LossParams, SequenceLogps, loss_function, preference_metrics
 
 
@@ -55,6 +55,7 @@ class PolicyLearner:
                                       betas=(0.9, 0.95), fused=False)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
+        skip_identity_allreduce(self.engine, cfg.zero_stage, world_size)
         self.steps = 0
         self.skipped_steps = 0  # NaN/inf steps skipped so far
 
@@ -69,10 +70,14 @@ class PolicyLearner:
         todo = [p for p in pairs if p.ref_chosen_logprob is None]
         for start in range(0, len(todo), self.cfg.micro_batch_size):
             chunk = todo[start:start + self.cfg.micro_batch_size]
-            logps = sequence_logps(self.reference, self._batch(chunk), impl=self.logprob_impl)
+            logps = self._pair_logps(self.reference, chunk)
             n = len(chunk)
             for p, c, r in zip(chunk, logps[:n].tolist(), logps[n:].tolist()):
                 p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
+
+    def _pair_logps(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
+        return pair_logps(model, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
+                          [p.rejected_ids for p in pairs], self.pad_id, self.logprob_impl, self.cfg.share_prompt)
 
     def _batch(self, pairs: list[PreferencePair]):
         prompts = [p.prompt_ids for p in pairs] * 2
@@ -142,7 +147,7 @@ class PolicyLearner:
         self.steps, self.skipped_steps = int(client["steps"]), int(client["nonfinite_skipped_steps"])
 
     def _micro_loss(self, pairs: list[PreferencePair], w: torch.Tensor, total_weight: float):
-        logps = sequence_logps(self.policy, self._batch(pairs), impl=self.logprob_impl)
+        logps = self._pair_logps(self.policy, pairs)
         n = len(pairs)
         lengths = torch.tensor([len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs],
                                dtype=torch.float32)
@@ -196,6 +201,13 @@ def _all_ranks_finite(value: torch.Tensor) -> bool:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(bad)
     return bad.item() == 0
+
+
+def skip_identity_allreduce(engine, zero_stage: int, world_size: int) -> None:
+    """One rank without ZeRO: averaging gradients over a world of one is the identity, yet DeepSpeed
+    still flattens, all-reduces and copies back every gradient each step (~0.5 s CPU for 135M params)."""
+    if world_size == 1 and zero_stage == 0:
+        engine.enable_backward_allreduce = False
 
 
 def _finite_or_nan(value) -> float:
