@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOSSES = ("dpo", "cdpo", "robust", "ipo", "slic", "simpo")
+ALGORITHMS = ("online-dpo", "selm", "xpo", "bpo", "sail-pr", "sail-pp", "sail-dp")
+REFERENCE_SAMPLES = ("selm", "xpo")  # need ỹ ~ π_ref each round
+POLICY_LABELS = ("sail-pp", "sail-dp")  # labels from the policy's implicit reward: no oracle queries
+DATASET_RESPONSES = ("sail-dp",)  # responses from the prompt set, not from the policy
 ORACLES = ("vader", "callable", "reward-model", "judge")
 ENGINES = ("auto", "vllm", "hf")
 EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
@@ -60,6 +64,12 @@ class RunConfig:
     explore: str = "passive"  # or a SEA rule over the epistemic reward model's samples
     erm_heads: int = 20
     erm_features: str = "minilm"
+    # --- algorithm (fastalign/learner/algorithms.py: formulas and papers) ---
+    algorithm: str = "online-dpo"  # online-dpo, selm, xpo, bpo, sail-pr, sail-pp, sail-dp
+    selm_alpha: float = 1e-3  # SELM: loss += α·β·(log π(ỹ) − log π_ref(ỹ)), ỹ ~ π_ref
+    xpo_alpha: float = 1e-5  # XPO: loss += α·log π(ỹ), ỹ ~ π_ref
+    sail_coef: float = 0.1  # SAIL: weight λ of the sampling/label gradient terms (1 = exact gradient)
+    response_field: str = "responses"  # sail-dp: the prompt set's field holding ≥ 2 response strings
     # --- learner ---
     loss: str = "dpo"
     beta: float = 0.1
@@ -92,6 +102,7 @@ class RunConfig:
                 raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
 
         choice("loss", LOSSES)
+        self._validate_algorithm()
         choice("oracle", ORACLES)
         choice("engine", ENGINES)
         choice("explore", EXPLORERS)
@@ -150,6 +161,23 @@ class RunConfig:
         if self.max_queries is not None and self.max_queries < self.batch_size:
             raise ConfigError(f"max_queries ({self.max_queries}) is below one round's batch_size ({self.batch_size})")
         return self
+
+    def _validate_algorithm(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        for name in ("selm_alpha", "xpo_alpha", "sail_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.algorithm.startswith("sail-") and self.loss != "dpo":
+            raise ConfigError(f"--algorithm {self.algorithm} is defined on the DPO likelihood log σ(βh): "
+                              f"use --loss dpo, not {self.loss!r}")
+        if self.algorithm in POLICY_LABELS and self.explore != "passive":
+            raise ConfigError(f"--algorithm {self.algorithm} labels pairs with the policy itself, so SEA's reward "
+                              f"model gets no oracle labels to learn from: use --explore passive")
+        if self.algorithm in DATASET_RESPONSES and self.prompts == DEFAULT_PROMPTS:
+            raise ConfigError(f"--algorithm {self.algorithm} trains on dataset responses, which the default prompt "
+                              f"set does not have: give --prompts a JSONL whose rows hold a list of ≥ 2 response "
+                              f"strings in the field --response_field ({self.response_field!r})")
 
     # ------------------------------------------------------------------ I/O
     def resolved_logprob_impl(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig
+from .config import DATASET_RESPONSES, POLICY_LABELS, REFERENCE_SAMPLES, RunConfig
 from .data import PromptStream
 from .engine import GenerationEngine
 from .eval import WinRateEvaluator, plot_win_rate
@@ -37,23 +37,32 @@ class LoopState:
 
 
 def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray,
-               pref: Preference) -> list[PreferencePair]:
-    """Chosen/rejected records from the selected indices and the oracle's labels."""
+               pref: Preference, reference_samples: list[Completion] | None = None,
+               policy_labels: bool = False) -> list[PreferencePair]:
+    """Chosen/rejected records from the selected indices and the oracle's labels (with policy_labels the
+    pairs stay unlabelled, in selection order, for the learner to label); reference_samples: ỹ per prompt."""
     pairs = []
     for k, (p, row) in enumerate(zip(prompts, completions)):
         a, b = row[idx[k, 0]], row[idx[k, 1]]
         chosen, rejected = (a, b) if pref.a_wins[k] else (b, a)
-        pairs.append(PreferencePair(
+        pair = PreferencePair(
             prompt_ids=p.token_ids, chosen_ids=chosen.token_ids, rejected_ids=rejected.token_ids,
             chosen_text=chosen.text, rejected_text=rejected.text, prompt_text=p.instruction,
-            chosen_behaviour_logprob=chosen.logprob_sum, rejected_behaviour_logprob=rejected.logprob_sum))
+            chosen_behaviour_logprob=chosen.logprob_sum, rejected_behaviour_logprob=rejected.logprob_sum,
+            policy_labels=policy_labels)
+        if reference_samples is not None:
+            pair.extra_ids, pair.extra_ref_logprob = reference_samples[k].token_ids, reference_samples[k].logprob_sum
+        pairs.append(pair)
     return pairs
 
 
 class OnlineLoop:
     def __init__(self, cfg: RunConfig, *, stream: PromptStream, engine: GenerationEngine, explorer, oracle: Oracle,
                  learner: PolicyLearner, evaluator: WinRateEvaluator, metrics: MetricsLogger, rank: int = 0,
-                 world_size: int = 1, tokenizer=None):
+                 world_size: int = 1, tokenizer=None, dataset_responses: dict[str, list[Completion]] | None = None):
+        if cfg.algorithm in DATASET_RESPONSES and not dataset_responses:
+            raise ValueError(f"--algorithm {cfg.algorithm} needs dataset_responses (prompt instruction → responses)")
+        self.dataset_responses = dataset_responses
         self.cfg, self.stream, self.engine, self.explorer = cfg, stream, engine, explorer
         self.oracle, self.learner, self.evaluator, self.metrics = oracle, learner, evaluator, metrics
         self.rank, self.world_size, self.tokenizer = rank, world_size, tokenizer
@@ -66,9 +75,12 @@ class OnlineLoop:
         t = time.perf_counter()
         prompts = self.stream.next_batch(cfg.batch_size)
         seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
-        completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
-                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, seed=seed)
+        if self.dataset_responses is not None:  # SAIL-DP: the prompt set's own responses
+            completions = [self.dataset_responses[p.instruction] for p in prompts]
+        else:
+            completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
+                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                               top_p=cfg.top_p, seed=seed)
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
         idx = self.explorer.select(prompts, completions)
@@ -76,16 +88,24 @@ class OnlineLoop:
         prompts, completions, idx = [prompts[k] for k in keep], [completions[k] for k in keep], idx[keep]
         times["select"], t = time.perf_counter() - t, time.perf_counter()
 
-        pref = self.oracle.compare([p.instruction for p in prompts],
-                                   [row[i].text for row, i in zip(completions, idx[:, 0])],
-                                   [row[j].text for row, j in zip(completions, idx[:, 1])])
+        reference_samples = None
+        if cfg.algorithm in REFERENCE_SAMPLES:  # SELM/XPO: ỹ ~ π_ref with the reference's weights in the engine
+            reference_samples = self._reference_samples(prompts, seed + 500_000_017)
+            times["reference_sample"], t = time.perf_counter() - t, time.perf_counter()
+
+        if cfg.algorithm in POLICY_LABELS:  # SAIL-PP/DP: the learner labels the pairs, the oracle is not asked
+            pref = Preference(prob_a=np.full(len(prompts), np.nan), a_wins=np.ones(len(prompts), dtype=bool))
+        else:
+            pref = self.oracle.compare([p.instruction for p in prompts],
+                                       [row[i].text for row, i in zip(completions, idx[:, 0])],
+                                       [row[j].text for row, j in zip(completions, idx[:, 1])])
         times["oracle"], t = time.perf_counter() - t, time.perf_counter()
 
-        informative = pref.prob_a != 0.5  # a tie carries no preference
+        informative = pref.prob_a != 0.5  # a tie carries no preference (NaN: no oracle, the learner labels)
         explore_metrics = self.explorer.observe(keep, idx, pref.a_wins, informative)
         times["reward_model"], t = time.perf_counter() - t, time.perf_counter()
 
-        pairs = make_pairs(prompts, completions, idx, pref)
+        pairs = make_pairs(prompts, completions, idx, pref, reference_samples, cfg.algorithm in POLICY_LABELS)
         if self.world_size == 1:  # drop ties; ranks in a group keep them at weight 0 to stay in step
             pairs = [p for p, keep_it in zip(pairs, informative) if keep_it]
             weights = [1.0] * len(pairs)
@@ -94,7 +114,7 @@ class OnlineLoop:
         train_metrics = self.learner.step(pairs, weights) if sum(weights) > 0 or self.world_size > 1 else {}
         times["learn"], t = time.perf_counter() - t, time.perf_counter()
 
-        if train_metrics:
+        if train_metrics or reference_samples is not None:  # also puts the policy back after ỹ ~ π_ref
             self.engine.update_weights(self.learner.named_weights())
         times["sync"] = time.perf_counter() - t
 
@@ -109,6 +129,15 @@ class OnlineLoop:
                "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))}
         self.metrics.log("train", self.state.queries, row)
         return row
+
+    def _reference_samples(self, prompts: list[Prompt], seed: int) -> list[Completion]:
+        """One sample per prompt from the reference: its weights go into the engine (no second model copy);
+        the round's sync puts the policy's back. Completion.logprob_sum is then log π_ref(ỹ), raw, at T=1."""
+        self.engine.update_weights(self.learner.reference_weights())
+        cfg = self.cfg
+        samples = self.engine.generate([p.token_ids for p in prompts], n=1, max_new_tokens=cfg.max_new_tokens,
+                                       temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
+        return [group[0] for group in samples]
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:

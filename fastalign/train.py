@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .config import DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
+from .config import DATASET_RESPONSES, DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
 from .data import PromptDataError, PromptStream, format_prompts, load_prompts  # noqa: E402
 
 
@@ -75,6 +75,11 @@ def run(cfg: RunConfig) -> dict:
     tokenizer = load_tokenizer(model_dir)
     train_prompts = format_prompts(tokenizer, train_text, cfg.max_prompt_tokens)
     eval_prompts = format_prompts(tokenizer, eval_text, cfg.max_prompt_tokens)
+    dataset_responses = None
+    if cfg.algorithm in DATASET_RESPONSES:
+        from .responses import load_dataset_responses
+
+        dataset_responses = load_dataset_responses(cfg.prompts, tokenizer, cfg.prompt_field, cfg.response_field)
     learner = PolicyLearner(cfg, model_dir, pad_id=tokenizer.pad_token_id, world_size=world)
     engine = build_engine(cfg.engine, model_dir, dtype=cfg.engine_dtype, kv_cache_gib=cfg.kv_cache_gib,
                           seed=cfg.seed + rank, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 64,
@@ -84,7 +89,7 @@ def run(cfg: RunConfig) -> dict:
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,
                       explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank), oracle=oracle, learner=learner,
                       evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process()),
-                      rank=rank, world_size=world, tokenizer=tokenizer)
+                      rank=rank, world_size=world, tokenizer=tokenizer, dataset_responses=dataset_responses)
     loop.state.start_time = started
     try:
         summary = loop.run()
