@@ -142,3 +142,24 @@ def test_sail_pp_through_algorithm_loss_reports_swaps():
     ell = math.log(1 / (1 + math.exp(-0.1 * h)))
     assert loss.item() == pytest.approx(-ell - 0.5 * ell * (ell + labelled.policy_chosen.item()
                                                             + labelled.policy_rejected.item()))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(algorithm="ppo"), "unknown algorithm 'ppo'"),
+    (dict(algorithm="sail-pr", loss="ipo"), "use --loss dpo"),
+    (dict(algorithm="sail-pp", explore="ee-ts", samples_per_prompt=4), "--explore passive"),
+    (dict(algorithm="sail-dp"), "--response_field"),
+    (dict(algorithm="xpo", xpo_alpha=-1.0), "xpo_alpha must be ≥ 0"),
+])
+def test_config_refuses_bad_algorithm_settings(overrides, message):
+    from fastalign.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**overrides).validate()
+
+
+def test_algorithm_flags_reach_the_cli():
+    from fastalign.config import parse_args
+
+    cfg = parse_args(["--algorithm", "selm", "--selm-alpha", "0.01", "--sail_coef", "1"])
+    assert (cfg.algorithm, cfg.selm_alpha, cfg.sail_coef) == ("selm", 0.01, 1.0)
