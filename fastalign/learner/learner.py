@@ -16,8 +16,8 @@ import torch
 from ..config import REFERENCE_SAMPLES, RunConfig
 from ..models import atomic_directory, load_causal_lm, resolve_dtype
 from ..types import PreferencePair
-from .distributed import is_main_process
 from .algorithms import algorithm_loss
+from .distributed import is_main_process
 from .logprobs import build_batch, sequence_logps
 from .losses import LossParams, SequenceLogps, preference_metrics
 
