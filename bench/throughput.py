@@ -37,7 +37,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "throughput.json"
 PARTS = ("fastalign", "trl-default", "trl-nockpt", "bound")
-STAGES = ("generate", "select", "oracle", "reward_model", "learn", "sync")
 BETA, LEARNING_RATE, SEED = 0.1, 5e-5, 0
 
 
@@ -71,7 +70,7 @@ def _median_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def part_fastalign(args) -> dict:
     from fastalign.config import RunConfig
-    from fastalign.loop import OnlineLoop
+    from fastalign.loop import STAGES, OnlineLoop
     from fastalign.metrics import read_metrics
     from fastalign.train import run
 

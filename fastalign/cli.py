@@ -6,7 +6,8 @@ import sys
 USAGE = """usage: fastalign <command> [options]
 
 commands:
-  train     run online preference alignment (see `fastalign train --help`)
+  train        run online preference alignment (see `fastalign train --help`)
+  extrapolate  ExPO: θ_sft + α(θ_aligned − θ_sft) as a new model (see `fastalign extrapolate --help`)
 """
 
 
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from .train import main as train_main
 
         return train_main(rest)
+    if command == "extrapolate":
+        from .extrapolate import main as extrapolate_main
+
+        return extrapolate_main(rest)
     print(f"fastalign: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOSSES = ("dpo", "cdpo", "robust", "ipo", "slic", "simpo")
+ALGORITHMS = ("online-dpo", "selm", "xpo", "bpo", "sail-pr", "sail-pp", "sail-dp")
+REFERENCE_SAMPLES = ("selm", "xpo")  # need ỹ ~ π_ref each round
+POLICY_LABELS = ("sail-pp", "sail-dp")  # labels from the policy's implicit reward: no oracle queries
+DATASET_RESPONSES = ("sail-dp",)  # responses from the prompt set, not from the policy
 ORACLES = ("vader", "callable", "reward-model", "judge")
 ENGINES = ("auto", "vllm", "hf")
 EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
@@ -73,6 +77,12 @@ class RunConfig:
     mixed_burn_in: int = 32  # oracle queries before the reward model labels any pair itself
     eval_best_of_n: int = 0  # >0: also judge the best of N sampled responses by the reward model's mean
     responses_from: str = "policy"  # "reference": pairs sampled from the frozen reference (offline DPO)
+    # --- algorithm (fastalign/learner/algorithms.py: formulas and papers) ---
+    algorithm: str = "online-dpo"  # online-dpo, selm, xpo, bpo, sail-pr, sail-pp, sail-dp
+    selm_alpha: float = 1e-3  # SELM: loss += α·β·(log π(ỹ) − log π_ref(ỹ)), ỹ ~ π_ref
+    xpo_alpha: float = 1e-5  # XPO: loss += α·log π(ỹ), ỹ ~ π_ref
+    sail_coef: float = 0.1  # SAIL: weight λ of the sampling/label gradient terms (1 = exact gradient)
+    response_field: str = "responses"  # sail-dp: the prompt set's field holding ≥ 2 response strings
     # --- learner ---
     loss: str = "dpo"
     beta: float = 0.1
@@ -111,6 +121,7 @@ class RunConfig:
                 raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
 
         choice("loss", LOSSES)
+        self._validate_algorithm()
         choice("oracle", ORACLES)
         choice("engine", ENGINES)
         choice("explore", EXPLORERS)
@@ -199,6 +210,29 @@ class RunConfig:
         if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
             raise ConfigError(f"--resume {self.resume!r}: no such directory (give a checkpoint directory, "
                               "a directory of checkpoints, or 'auto' for output_dir's latest)")
+
+    def _validate_algorithm(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        for name in ("selm_alpha", "xpo_alpha", "sail_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.algorithm.startswith("sail-") and self.loss != "dpo":
+            raise ConfigError(f"--algorithm {self.algorithm} is defined on the DPO likelihood log σ(βh): "
+                              f"use --loss dpo, not {self.loss!r}")
+        if self.algorithm in POLICY_LABELS and self.explore != "passive":
+            raise ConfigError(f"--algorithm {self.algorithm} labels pairs with the policy itself, so SEA's reward "
+                              f"model gets no oracle labels to learn from: use --explore passive")
+        if self.algorithm in DATASET_RESPONSES and self.prompts == DEFAULT_PROMPTS:
+            raise ConfigError(f"--algorithm {self.algorithm} trains on dataset responses, which the default prompt "
+                              f"set does not have: give --prompts a JSONL whose rows hold a list of ≥ 2 response "
+                              f"strings in the field --response_field ({self.response_field!r})")
+        if self.algorithm == "bpo" and self.erm_features == "policy":
+            raise ConfigError("--algorithm bpo keeps no frozen reference model, whose hidden states "
+                              "--erm_features policy reads: use --erm_features minilm")
+        if self.algorithm != "online-dpo" and self.responses_from == "reference":
+            raise ConfigError(f"--responses_from reference is offline DPO; --algorithm {self.algorithm} is defined "
+                              "on the policy's own samples: drop one of them")
 
     # ------------------------------------------------------------------ I/O
     def resolved_logprob_impl(self) -> str:

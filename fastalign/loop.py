@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig
+from .checkpoint import Checkpointer, ProcessRng
+from .config import DATASET_RESPONSES, POLICY_LABELS, REFERENCE_SAMPLES, RunConfig
 from .data import PromptStream
 from .engine import GenerationEngine
 from .eval import WinRateEvaluator, plot_win_rate
-from .checkpoint import Checkpointer, ProcessRng
 from .faults import GenerationError, RunInterrupted, StopSignals, write_failed_batch
 from .learner.distributed import all_reduce_max, all_reduce_sum, is_main_process
 from .learner.learner import NonFiniteLossError, PolicyLearner
@@ -26,7 +26,7 @@ from .oracle import Oracle
 from .oracle.durable import OracleFailure
 from .types import Completion, PreferencePair, Prompt
 
-STAGES = ("generate", "select", "oracle", "reward_model", "learn", "sync")
+STAGES = ("generate", "select", "reference_sample", "oracle", "reward_model", "learn", "sync")  # time/* per round
 
 
 @dataclass
@@ -52,25 +52,33 @@ class LoopState:
 
 
 def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray,
-               a_wins: np.ndarray, from_oracle: np.ndarray | None = None) -> list[PreferencePair]:
-    """Chosen/rejected records from the selected indices and their labels (a = idx[:, 0])."""
+               a_wins: np.ndarray, from_oracle: np.ndarray | None = None,
+               reference_samples: list[Completion] | None = None, policy_labels: bool = False) -> list[PreferencePair]:
+    """Chosen/rejected records from the selected indices and their labels (a = idx[:, 0]). With policy_labels
+    the pairs stay in selection order for the learner to label; reference_samples: one ỹ per prompt."""
     pairs = []
     from_oracle = np.ones(len(prompts), dtype=bool) if from_oracle is None else from_oracle
     for k, (p, row) in enumerate(zip(prompts, completions)):
         a, b = row[idx[k, 0]], row[idx[k, 1]]
         chosen, rejected = (a, b) if a_wins[k] else (b, a)
-        pairs.append(PreferencePair(
+        pair = PreferencePair(
             prompt_ids=p.token_ids, chosen_ids=chosen.token_ids, rejected_ids=rejected.token_ids,
             chosen_text=chosen.text, rejected_text=rejected.text, prompt_text=p.instruction,
             chosen_behaviour_logprob=chosen.logprob_sum, rejected_behaviour_logprob=rejected.logprob_sum,
-            from_oracle=bool(from_oracle[k])))
+            from_oracle=bool(from_oracle[k]), policy_labels=policy_labels)
+        if reference_samples is not None:
+            pair.extra_ids, pair.extra_ref_logprob = reference_samples[k].token_ids, reference_samples[k].logprob_sum
+        pairs.append(pair)
     return pairs
 
 
 class OnlineLoop:
     def __init__(self, cfg: RunConfig, *, stream: PromptStream, engine: GenerationEngine, explorer, oracle: Oracle,
                  learner: PolicyLearner, evaluator: WinRateEvaluator, metrics: MetricsLogger, rank: int = 0,
-                 world_size: int = 1, tokenizer=None):
+                 world_size: int = 1, tokenizer=None, dataset_responses: dict[str, list[Completion]] | None = None):
+        if cfg.algorithm in DATASET_RESPONSES and not dataset_responses:
+            raise ValueError(f"--algorithm {cfg.algorithm} needs dataset_responses (prompt instruction → responses)")
+        self.dataset_responses = dataset_responses
         self.cfg, self.stream, self.engine, self.explorer = cfg, stream, engine, explorer
         self.oracle, self.learner, self.evaluator, self.metrics = oracle, learner, evaluator, metrics
         self.rank, self.world_size, self.tokenizer = rank, world_size, tokenizer
@@ -135,15 +143,12 @@ class OnlineLoop:
         t = time.perf_counter()
         prompts = self.stream.next_batch(cfg.batch_size)
         seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
-        if cfg.responses_from == "reference":
-            self.load_engine("reference")
-        try:
-            completions = self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
-                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                               top_p=cfg.top_p, seed=seed)
-        except Exception as exc:  # noqa: BLE001 — any engine failure is reported with its batch
-            batch = write_failed_batch(self.out / f"failed_batch-rank{self.rank}.jsonl", prompts)
-            raise GenerationError(self.state.round + 1, prompts, exc, batch) from exc
+        if self.dataset_responses is not None:  # SAIL-DP: the prompt set's own responses
+            completions = [self.dataset_responses[p.instruction] for p in prompts]
+        else:
+            if cfg.responses_from == "reference":  # offline DPO: pairs from the frozen reference
+                self.load_engine("reference")
+            completions = self._generate(prompts, seed)
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
         idx = self.explorer.select(prompts, completions, queries=self.state.queries)
@@ -152,7 +157,13 @@ class OnlineLoop:
         by_model = self.explorer.model_labelled[keep]  # mixed preference: labelled by the reward model
         times["select"], t = time.perf_counter() - t, time.perf_counter()
 
-        asked = np.flatnonzero(~by_model)
+        reference_samples = None
+        if cfg.algorithm in REFERENCE_SAMPLES:  # SELM/XPO: ỹ ~ π_ref with the reference's weights in the engine
+            reference_samples = self._reference_samples(prompts, seed + 500_000_017)
+            times["reference_sample"], t = time.perf_counter() - t, time.perf_counter()
+
+        # asked: the rows the oracle labels; SAIL-PP/DP's learner and mixed preference's reward model label the rest
+        asked = np.zeros(0, dtype=int) if cfg.algorithm in POLICY_LABELS else np.flatnonzero(~by_model)
         pref = self.oracle.compare([prompts[k].instruction for k in asked],
                                    [completions[k][idx[k, 0]].text for k in asked],
                                    [completions[k][idx[k, 1]].text for k in asked])
@@ -163,7 +174,8 @@ class OnlineLoop:
         explore_metrics = self.explorer.observe(keep, idx, a_wins, informative & ~by_model)
         times["reward_model"], t = time.perf_counter() - t, time.perf_counter()
 
-        pairs = make_pairs(prompts, completions, idx, a_wins, from_oracle=~by_model)
+        pairs = make_pairs(prompts, completions, idx, a_wins, from_oracle=~by_model,
+                           reference_samples=reference_samples, policy_labels=cfg.algorithm in POLICY_LABELS)
         if self.world_size == 1:  # drop ties; ranks in a group keep them at weight 0 to stay in step
             pairs = [p for p, keep_it in zip(pairs, informative) if keep_it]
             weights = [1.0] * len(pairs)
@@ -172,7 +184,7 @@ class OnlineLoop:
         train_metrics = self.learner.step(pairs, weights) if sum(weights) > 0 or self.world_size > 1 else {}
         times["learn"], t = time.perf_counter() - t, time.perf_counter()
 
-        if train_metrics and cfg.responses_from == "policy":
+        if cfg.responses_from == "policy":  # the new policy, or back from the reference after ỹ ~ π_ref
             self.load_engine("policy")
         times["sync"] = time.perf_counter() - t
 
@@ -190,6 +202,25 @@ class OnlineLoop:
         self.metrics.log("train", self.state.queries, row)
         return row
 
+    def _generate(self, prompts: list[Prompt], seed: int) -> list[list[Completion]]:
+        cfg = self.cfg
+        try:
+            return self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
+                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_p=cfg.top_p, seed=seed)
+        except Exception as exc:  # noqa: BLE001 — any engine failure is reported with its batch
+            batch = write_failed_batch(self.out / f"failed_batch-rank{self.rank}.jsonl", prompts)
+            raise GenerationError(self.state.round + 1, prompts, exc, batch) from exc
+
+    def _reference_samples(self, prompts: list[Prompt], seed: int) -> list[Completion]:
+        """One sample per prompt from the reference: its weights go into the engine (no second model copy);
+        the round's sync puts the policy's back. Completion.logprob_sum is then log π_ref(ỹ), raw, at T=1."""
+        self.load_engine("reference")
+        cfg = self.cfg
+        samples = self.engine.generate([p.token_ids for p in prompts], n=1, max_new_tokens=cfg.max_new_tokens,
+                                       temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
+        return [group[0] for group in samples]
+
     def load_engine(self, weights: str) -> None:
         """Put the current policy's or the frozen reference's weights into the engine, unless it holds them.
 
@@ -199,7 +230,7 @@ class OnlineLoop:
         want = "reference" if weights == "reference" or self.learner.steps == 0 else f"policy@{self.learner.steps}"
         if want == self.engine_weights:
             return
-        source = self.learner.reference.named_parameters() if want == "reference" else self.learner.named_weights()
+        source = self.learner.reference_weights() if want == "reference" else self.learner.named_weights()
         self.engine.update_weights(source)
         self.engine_weights = want
 

@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .config import DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
+from .config import DATASET_RESPONSES, DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
 from .checkpoint import CHECKPOINTS, CheckpointError, check_compatible, checkpoint_dirs, find_checkpoint  # noqa: E402
 from .data import PromptDataError, PromptList, PromptStream, format_prompts, load_prompts  # noqa: E402
 
@@ -114,6 +114,11 @@ def run(cfg: RunConfig) -> dict:
         if not prompts:
             raise PromptDataError(f"every {name} prompt is over max_prompt_tokens={cfg.max_prompt_tokens} and "
                                   "--on_long_prompt drop dropped them all: raise max_prompt_tokens or truncate")
+    dataset_responses = None
+    if cfg.algorithm in DATASET_RESPONSES:
+        from .responses import load_dataset_responses
+
+        dataset_responses = load_dataset_responses(cfg.prompts, tokenizer, cfg.prompt_field, cfg.response_field)
     learner = PolicyLearner(cfg, model_dir, pad_id=tokenizer.pad_token_id, world_size=world)
     engine = build_engine(cfg.engine, model_dir, dtype=cfg.engine_dtype, kv_cache_gib=cfg.kv_cache_gib,
                           seed=cfg.seed + rank, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 64,
@@ -123,7 +128,7 @@ def run(cfg: RunConfig) -> dict:
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,
                       explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank, policy=learner.reference), oracle=oracle, learner=learner,
                       evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process()),
-                      rank=rank, world_size=world, tokenizer=tokenizer)
+                      rank=rank, world_size=world, tokenizer=tokenizer, dataset_responses=dataset_responses)
     loop.state.start_time = started
     loop.run_info = {"prompts_skipped": len(train_text.skipped),
                      "prompts_truncated": train_prompts.truncated + eval_prompts.truncated,

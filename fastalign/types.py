@@ -63,3 +63,7 @@ class PreferencePair:
     ref_chosen_logprob: float | None = None  # filled once by the learner, then reused
     ref_rejected_logprob: float | None = None
     from_oracle: bool = True  # False for model-labelled pairs (mixed preference learning)
+    # SELM/XPO: a response ỹ sampled from the reference for the same prompt, and log π_ref(ỹ) from sampling
+    extra_ids: list[int] | None = None
+    extra_ref_logprob: float = 0.0
+    policy_labels: bool = False  # SAIL-PP/DP: unlabelled; the learner draws the label from σ(βh)

@@ -45,8 +45,6 @@ class FakeLearner:
         self.steps = 0
         self.skipped_steps = 0  # steps refused for a NaN/inf loss
         self.pairs: list = []
-        self.reference = torch.nn.Module()
-        self.reference.register_parameter("reference", torch.nn.Parameter(torch.zeros(1)))
 
     def step(self, pairs, weights):
         self.pairs.extend(pairs)
@@ -55,6 +53,9 @@ class FakeLearner:
 
     def named_weights(self):
         yield f"policy@{self.steps}", torch.zeros(1)
+
+    def reference_weights(self):
+        yield "reference", torch.zeros(1)
 
 
 def e_share(prompts, responses):

@@ -13,12 +13,13 @@ from typing import Iterator
 
 import torch
 
-from ..config import RunConfig
+from ..config import REFERENCE_SAMPLES, RunConfig
 from ..models import atomic_directory, load_causal_lm, resolve_dtype
 from ..types import PreferencePair
+from .algorithms import algorithm_loss
 from .distributed import is_main_process
 from .logprobs import build_batch, pair_logps, sequence_logps
-from .losses import LossParams, SequenceLogps, loss_function, preference_metrics
+from .losses import LossParams, SequenceLogps, preference_metrics
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -48,7 +49,10 @@ class PolicyLearner:
         self.pad_id = pad_id
         self.logprob_impl = cfg.resolved_logprob_impl()
         self.params = LossParams(cfg.beta, cfg.label_smoothing, cfg.simpo_gamma_ratio)
-        self.reference = load_causal_lm(model_dir, cfg.dtype).eval().requires_grad_(False)
+        # BPO's reference is the behaviour policy (the policy itself at the round's start): no frozen copy
+        self.reference = (None if cfg.algorithm == "bpo"
+                          else load_causal_lm(model_dir, cfg.dtype).eval().requires_grad_(False))
+        self.label_generator = torch.Generator().manual_seed(cfg.seed * 7907 + 11)  # SAIL-PP/DP labels
         policy = load_causal_lm(model_dir, "fp32")
         policy.config.use_cache = False
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -67,6 +71,8 @@ class PolicyLearner:
     @torch.no_grad()
     def fill_reference_logps(self, pairs: list[PreferencePair]) -> None:
         """Reference log-probs for pairs that have none yet (each pair is scored once, ever)."""
+        if self.reference is None:  # BPO: filled from the policy's own first forward of the pair
+            return
         todo = [p for p in pairs if p.ref_chosen_logprob is None]
         for start in range(0, len(todo), self.cfg.micro_batch_size):
             chunk = todo[start:start + self.cfg.micro_batch_size]
@@ -76,13 +82,24 @@ class PolicyLearner:
                 p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
 
     def _pair_logps(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
+        """[chosen..., rejected...] log-probs; the prompt runs once per pair when cfg.share_prompt."""
         return pair_logps(model, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
                           [p.rejected_ids for p in pairs], self.pad_id, self.logprob_impl, self.cfg.share_prompt)
 
-    def _batch(self, pairs: list[PreferencePair]):
-        prompts = [p.prompt_ids for p in pairs] * 2
+    def _batch(self, pairs: list[PreferencePair], with_extra: bool = False):
+        """Chosen rows, rejected rows, then (with_extra) each pair's reference sample ỹ, in one batch."""
+        prompts = [p.prompt_ids for p in pairs] * (3 if with_extra else 2)
         responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+        if with_extra:
+            responses += [p.extra_ids for p in pairs]
         return build_batch(prompts, responses, self.pad_id)
+
+    def reference_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The frozen reference's HF-named parameters, e.g. to sample ỹ ~ π_ref from the engine (SELM/XPO)."""
+        if self.reference is None:
+            raise RuntimeError("this learner keeps no reference model (--algorithm bpo)")
+        for name, param in self.reference.named_parameters():
+            yield name, param.detach()
 
     # ------------------------------------------------------------------ update
     def step(self, pairs: list[PreferencePair], weights: list[float] | None = None) -> dict[str, float]:
@@ -137,7 +154,8 @@ class PolicyLearner:
     def save_state(self, directory: str | Path) -> None:
         """Policy, optimizer and DeepSpeed's own state (collective: call on every rank)."""
         self.engine.save_checkpoint(str(directory), tag="learner",
-                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps})
+                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps,
+                                                  "label_generator": self.label_generator.get_state()})
 
     def load_state(self, directory: str | Path) -> None:
         path, client = self.engine.load_checkpoint(str(directory), tag="learner", load_optimizer_states=True,
@@ -145,19 +163,34 @@ class PolicyLearner:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed learner checkpoint in {directory}")
         self.steps, self.skipped_steps = int(client["steps"]), int(client["nonfinite_skipped_steps"])
+        self.label_generator.set_state(client["label_generator"])
 
     def _micro_loss(self, pairs: list[PreferencePair], w: torch.Tensor, total_weight: float):
-        logps = self._pair_logps(self.policy, pairs)
+        with_extra = self.cfg.algorithm in REFERENCE_SAMPLES
+        if with_extra and any(p.extra_ids is None for p in pairs):
+            raise ValueError(f"--algorithm {self.cfg.algorithm} needs a reference sample (extra_ids) on every pair")
+        if with_extra:  # ỹ has its own prompt row: the three sequences go through in one plain batch
+            logps = sequence_logps(self.policy, self._batch(pairs, with_extra=True), impl=self.logprob_impl)
+        else:
+            logps = self._pair_logps(self.policy, pairs)
         n = len(pairs)
+        if self.reference is None:  # BPO: the behaviour log-probs are this forward's, before any update
+            for p, c, r in zip(pairs, logps[:n].tolist(), logps[n:2 * n].tolist()):
+                if p.ref_chosen_logprob is None:
+                    p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
         lengths = torch.tensor([len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs],
                                dtype=torch.float32)
         seq = SequenceLogps(
-            policy_chosen=logps[:n], policy_rejected=logps[n:],
+            policy_chosen=logps[:n], policy_rejected=logps[n:2 * n],
             ref_chosen=torch.tensor([p.ref_chosen_logprob for p in pairs], dtype=torch.float32),
             ref_rejected=torch.tensor([p.ref_rejected_logprob for p in pairs], dtype=torch.float32),
             chosen_len=lengths[:n], rejected_len=lengths[n:])
-        per_pair = loss_function(self.cfg.loss)(seq, self.params)
-        return (per_pair * w).sum() / total_weight, preference_metrics(seq, self.params, per_pair)
+        extra = None
+        if with_extra:
+            extra = (logps[2 * n:], torch.tensor([p.extra_ref_logprob for p in pairs], dtype=torch.float32))
+        per_pair, seq, metrics = algorithm_loss(self.cfg, seq, self.params, extra,
+                                                [p.policy_labels for p in pairs], self.label_generator)
+        return (per_pair * w).sum() / total_weight, {**preference_metrics(seq, self.params, per_pair), **metrics}
 
     # ------------------------------------------------------------------ out
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
