@@ -46,8 +46,14 @@ METHODS: dict[str, dict] = {
     "best-worst": {"explore": "best-worst", "samples_per_prompt": "{sea_n}"},
     "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
     "offline": {"responses_from": "reference"},  # DPO on pairs pre-sampled from the frozen reference
+    # the other online algorithms (README "Online algorithms"); SAIL-PP/DP ask no queries, so they have
+    # no curve against queries
+    "selm": {"algorithm": "selm"},
+    "xpo": {"algorithm": "xpo"},
+    "bpo": {"algorithm": "bpo"},
+    "sail-pr": {"algorithm": "sail-pr"},
 }
-DEFAULT_METHODS = "passive,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"
+DEFAULT_METHODS = "passive,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"  # `--methods all` adds the algorithms
 # options that schedule or operate a run without shaping its curve (dtype "auto" is saved resolved)
 NOT_SHAPING = {"dtype", "engine_dtype", "threads", "output_dir", "progress", "tensorboard", "save_final",
                "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
@@ -57,7 +63,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}")
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}; or all")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--queries", type=int, default=64, help="oracle-query budget of every run")
     ap.add_argument("--batch_size", type=int, default=8, help="prompts (= queries) per round")
@@ -74,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--summarise_only", action="store_true",
                     help="run nothing: summarise the runs that have finished (seeds may differ per method)")
     args = ap.parse_args(argv)
+    if args.methods == "all":
+        args.methods = ",".join(METHODS)
     unknown = sorted(set(args.methods.split(",")) - set(METHODS))
     if unknown:
         ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
