@@ -98,6 +98,7 @@ class VLLMEngine(GenerationEngine):
         self._seeds = np.random.default_rng(seed)
         self._owns_world = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         vllm = import_vllm()
+        _drop_stale_parallel_state()
         rng = _GlobalRNG()
         try:
             with using_threads(self.threads):
@@ -171,6 +172,24 @@ class VLLMEngine(GenerationEngine):
             parallel_state._WORLD.destroy()
             parallel_state._WORLD = None
         gc.collect()
+
+
+def _drop_stale_parallel_state() -> None:
+    """Forget vLLM's process groups when they are bound to a torch group that no longer exists (an engine
+    left open while its process group was torn down): vLLM would reuse them and fail at start-up."""
+    from vllm.distributed import parallel_state
+
+    world = parallel_state._WORLD
+    if world is None:
+        return
+    try:
+        torch.distributed.get_backend(world.device_group)
+    except (ValueError, RuntimeError):
+        try:
+            parallel_state.destroy_model_parallel()
+        except (ValueError, RuntimeError, AssertionError):
+            pass  # the stale groups cannot be destroyed: dropping the references is what matters
+        parallel_state._WORLD = None
 
 
 def _model_runner(llm: object) -> object:
