@@ -163,6 +163,7 @@ class VLLMEngine(GenerationEngine):
             return
         from vllm.distributed import parallel_state
 
+        _drop_stale_parallel_state()  # groups already gone with a torn-down process group cannot be destroyed
         llm.llm_engine.engine_core.shutdown()
         self._llm = self._runner = None
         parallel_state.destroy_model_parallel()
@@ -175,21 +176,23 @@ class VLLMEngine(GenerationEngine):
 
 
 def _drop_stale_parallel_state() -> None:
-    """Forget vLLM's process groups when they are bound to a torch group that no longer exists (an engine
-    left open while its process group was torn down): vLLM would reuse them and fail at start-up."""
+    """Forget vLLM's process groups when any is bound to a torch group that no longer exists.
+
+    An engine left open while the process group was torn down (e.g. by a learner's shutdown in the
+    same process) leaves vLLM's module-level groups pointing at destroyed torch groups; vLLM would
+    reuse them, then fail at start-up or when it shuts down. Nothing can be destroyed any more, so the
+    references are simply dropped and the next engine builds fresh groups.
+    """
+    from torch.distributed import distributed_c10d
     from vllm.distributed import parallel_state
 
-    world = parallel_state._WORLD
-    if world is None:
+    names = [name for name, value in vars(parallel_state).items()
+             if isinstance(value, parallel_state.GroupCoordinator)]
+    live = distributed_c10d._world.pg_map
+    if all(getattr(parallel_state, n).device_group in live for n in names):
         return
-    try:
-        torch.distributed.get_backend(world.device_group)
-    except (ValueError, RuntimeError):
-        try:
-            parallel_state.destroy_model_parallel()
-        except (ValueError, RuntimeError, AssertionError):
-            pass  # the stale groups cannot be destroyed: dropping the references is what matters
-        parallel_state._WORLD = None
+    for name in names:
+        setattr(parallel_state, name, None)
 
 
 def _model_runner(llm: object) -> object:
