@@ -86,12 +86,10 @@ class PolicyLearner:
         return pair_logps(model, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
                           [p.rejected_ids for p in pairs], self.pad_id, self.logprob_impl, self.cfg.share_prompt)
 
-    def _batch(self, pairs: list[PreferencePair], with_extra: bool = False):
-        """Chosen rows, rejected rows, then (with_extra) each pair's reference sample ỹ, in one batch."""
-        prompts = [p.prompt_ids for p in pairs] * (3 if with_extra else 2)
-        responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
-        if with_extra:
-            responses += [p.extra_ids for p in pairs]
+    def _batch_with_reference_samples(self, pairs: list[PreferencePair]):
+        """Chosen rows, rejected rows, then each pair's reference sample ỹ (SELM/XPO), in one batch."""
+        prompts = [p.prompt_ids for p in pairs] * 3
+        responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs] + [p.extra_ids for p in pairs]
         return build_batch(prompts, responses, self.pad_id)
 
     def reference_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -170,7 +168,7 @@ class PolicyLearner:
         if with_extra and any(p.extra_ids is None for p in pairs):
             raise ValueError(f"--algorithm {self.cfg.algorithm} needs a reference sample (extra_ids) on every pair")
         if with_extra:  # ỹ has its own prompt row: the three sequences go through in one plain batch
-            logps = sequence_logps(self.policy, self._batch(pairs, with_extra=True), impl=self.logprob_impl)
+            logps = sequence_logps(self.policy, self._batch_with_reference_samples(pairs), impl=self.logprob_impl)
         else:
             logps = self._pair_logps(self.policy, pairs)
         n = len(pairs)
