@@ -82,6 +82,7 @@ class RunConfig:
     selm_alpha: float = 1e-3  # SELM: loss += α·β·(log π(ỹ) − log π_ref(ỹ)), ỹ ~ π_ref
     xpo_alpha: float = 1e-5  # XPO: loss += α·log π(ỹ), ỹ ~ π_ref
     sail_coef: float = 0.1  # SAIL: weight λ of the sampling/label gradient terms (1 = exact gradient)
+    sail_sampling: str = "exact"  # SAIL sampling term: "exact" score-function gradient, or "authors" (released code)
     response_field: str = "responses"  # sail-dp: the prompt set's field holding ≥ 2 response strings
     # --- learner ---
     loss: str = "dpo"
@@ -217,6 +218,9 @@ class RunConfig:
         for name in ("selm_alpha", "xpo_alpha", "sail_coef"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if self.sail_sampling not in ("exact", "authors"):
+            raise ConfigError(f"unknown sail_sampling {self.sail_sampling!r}: choose 'exact' (the score-function "
+                              f"gradient) or 'authors' (the SAIL authors' released code)")
         if self.algorithm.startswith("sail-") and self.loss != "dpo":
             raise ConfigError(f"--algorithm {self.algorithm} is defined on the DPO likelihood log σ(βh): "
                               f"use --loss dpo, not {self.loss!r}")

@@ -29,6 +29,7 @@ from ..config import ALGORITHMS, DATASET_RESPONSES, POLICY_LABELS, REFERENCE_SAM
 from .losses import LossParams, SequenceLogps, loss_function
 
 SAIL = ("sail-pr", "sail-pp", "sail-dp")
+SAIL_SAMPLING = ("exact", "authors")  # the sampling term: the score-function gradient, or the released code's
 
 
 def selm_term(policy_extra: torch.Tensor, ref_extra: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -57,7 +58,7 @@ def orient(s: SequenceLogps, signs: torch.Tensor) -> SequenceLogps:
                          pick(s.chosen_len, s.rejected_len), pick(s.rejected_len, s.chosen_len))
 
 
-def sail_loss(s: SequenceLogps, p: LossParams, variant: str, coef: float) -> torch.Tensor:
+def sail_loss(s: SequenceLogps, p: LossParams, variant: str, coef: float, sampling: str = "exact") -> torch.Tensor:
     """The single-level SAIL objective's gradient as a per-pair surrogate loss (minimised).
 
     SAIL turns the bilevel problem "fit the reward r on preference data drawn from π*_r" into one level
@@ -84,13 +85,31 @@ def sail_loss(s: SequenceLogps, p: LossParams, variant: str, coef: float) -> tor
     on summed log-probs otherwise outweighs the DPO term's β(1 − σ) ≈ 0.05 by an order of magnitude.
     `s` is ordered (w, l): the oracle's label for pr, a label drawn by `sample_policy_labels` (then
     `orient`) for pp/dp.
+
+    Checked against the authors' released trainer (SAIL's `cdpo/cdpo_trainer.py`, `GeneralizedDPOTrainer`):
+    - its label term is −½·ρ·ℓ² (DDP = our dp) and −½·π·ℓ² (DPP = our pp), whose gradient −ρ·ℓ·∇ℓ is
+      exactly the −λ·sg(ℓ)·ℓ above;
+    - its sampling term (DPP, DPR = our pr) is a gradient hook adding −coef·sg(ℓ)/sg(log π(y)) to
+      ∂L/∂log π(y), i.e. the score-function weight divided by the summed log-prob. As log π(y) < 0 that
+      divides the weight by −|log π(y)|: it raises the likelihood of both responses where the exact
+      term lowers it, and is |log π(y)| (≈ 30 here) times weaker. `sampling="authors"` reproduces it as
+      the surrogate −coef·sg(ℓ / log π(y))·log π(y) (0 where a response is empty);
+    - its example settings apply the terms to a random share of each batch (r, p, g ≈ 0.3–0.4; the rest is
+      plain DPO on offline pairs) with coefficients ρ = 0.2, π = 0.2, γ = 0.3. Here every pair gets the
+      terms, so λ plays the part of share × coefficient (0.06–0.09 in those settings; default 0.1).
     """
     if variant not in SAIL:
         raise ValueError(f"unknown SAIL variant {variant!r}: choose one of {', '.join(SAIL)}")
+    if sampling not in SAIL_SAMPLING:
+        raise ValueError(f"unknown SAIL sampling term {sampling!r}: choose one of {', '.join(SAIL_SAMPLING)}")
     ell = F.logsigmoid(p.beta * s.margin())
     loss = -ell
     if variant in ("sail-pr", "sail-pp"):
-        loss = loss - coef * ell.detach() * (s.policy_chosen + s.policy_rejected)
+        for logp in (s.policy_chosen, s.policy_rejected):
+            weight = ell.detach()
+            if sampling == "authors":
+                weight = torch.where(logp != 0, weight / logp.detach(), torch.zeros_like(weight))
+            loss = loss - coef * weight * logp
     if variant in POLICY_LABELS:
         loss = loss - coef * ell.detach() * ell
     return loss
@@ -113,7 +132,7 @@ def algorithm_loss(cfg, s: SequenceLogps, p: LossParams, extra: tuple[torch.Tens
             signs = sample_policy_labels(s, p.beta, generator)
             metrics["sail/label_swapped"] = float((signs < 0).float().mean())
             s = orient(s, signs)
-        return sail_loss(s, p, name, cfg.sail_coef), s, metrics
+        return sail_loss(s, p, name, cfg.sail_coef, cfg.sail_sampling), s, metrics
     if any(policy_labels):
         raise ValueError(f"pairs without oracle labels reached --algorithm {name}, which cannot label them")
     per_pair = loss_function(cfg.loss)(s, p)

@@ -29,7 +29,7 @@ def one_pair(w=-10.0, l=-12.0, rw=-11.0, rl=-11.5) -> SequenceLogps:
 
 
 def cfg(**kw):
-    base = dict(algorithm="online-dpo", loss="dpo", selm_alpha=1e-3, xpo_alpha=1e-5, sail_coef=0.5)
+    base = dict(algorithm="online-dpo", loss="dpo", selm_alpha=1e-3, xpo_alpha=1e-5, sail_coef=0.5, sail_sampling="exact")
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -78,6 +78,27 @@ def test_sail_pr_value_and_gradients():
     assert s.policy_chosen.grad.item() == pytest.approx(DPO_GRAD - 0.5 * ELL)
     assert s.policy_rejected.grad.item() == pytest.approx(-DPO_GRAD - 0.5 * ELL)
     assert s.ref_chosen.grad.item() == pytest.approx(-DPO_GRAD)  # the sampling term does not touch π_ref
+
+
+def test_sail_authors_sampling_term_matches_their_gradient_hook():
+    """The released code adds −coef·sg(ℓ)/sg(log π(y)) to ∂L/∂log π(y): weaker, and of opposite sign."""
+    s = one_pair()
+    loss = sail_loss(s, P, "sail-pr", coef=0.5, sampling="authors")
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(-ELL - 0.5 * 2 * ELL)  # each response's term has value −coef·ℓ
+    assert s.policy_chosen.grad.item() == pytest.approx(DPO_GRAD - 0.5 * ELL / -10.0)
+    assert s.policy_rejected.grad.item() == pytest.approx(-DPO_GRAD - 0.5 * ELL / -12.0)
+    exact = one_pair()
+    sail_loss(exact, P, "sail-pr", coef=0.5).sum().backward()
+    assert (s.policy_chosen.grad - DPO_GRAD).item() * (exact.policy_chosen.grad - DPO_GRAD).item() < 0
+
+
+def test_sail_authors_sampling_term_skips_empty_responses():
+    s = SequenceLogps(*(torch.tensor([v], requires_grad=True) for v in (0.0, -12.0, -11.0, -11.5)),
+                      torch.tensor([0.0]), torch.tensor([3.0]))
+    loss = sail_loss(s, P, "sail-pp", coef=0.5, sampling="authors")
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(s.policy_chosen.grad).all()
 
 
 def test_sail_dp_value_and_gradients():
@@ -150,6 +171,7 @@ def test_sail_pp_through_algorithm_loss_reports_swaps():
     (dict(algorithm="sail-pp", explore="ee-ts", samples_per_prompt=4), "--explore passive"),
     (dict(algorithm="sail-dp"), "--response_field"),
     (dict(algorithm="xpo", xpo_alpha=-1.0), "xpo_alpha must be ≥ 0"),
+    (dict(algorithm="sail-pr", sail_sampling="paper"), "unknown sail_sampling 'paper'"),
 ])
 def test_config_refuses_bad_algorithm_settings(overrides, message):
     from fastalign.config import ConfigError, RunConfig
