@@ -8,7 +8,8 @@ samples per prompt, response length, fp32 and DPO loss (β 0.1, lr 5e-5) for eve
   checkpointing on, which also turns the KV cache off in generation), the VADER reward as a reward
   function; fp32 (its bf16 default is emulated, ~4× slower, on a CPU without native bf16);
 - trl-nockpt: the same with gradient checkpointing off (KV cache on);
-- bound: the essential work measured alone in one process: the same generation in the vLLM engine,
+- bound: the essential work measured alone in one process: the same generation in the vLLM engine
+  (compiled mode for both unless `--engine_compile false`),
   then the learner's own log-prob path with plain torch — reference log-probs, policy forward +
   DPO loss + backward, AdamW step. fastalign's round time / the bound's is its overhead;
 - fastalign-2proc (`--torchrun`): fastalign under `torchrun --nproc_per_node=2`, DeepSpeed ZeRO-2,
@@ -80,7 +81,8 @@ def part_fastalign(args) -> dict:
                     batch_size=args.batch_size, micro_batch_size=args.batch_size,
                     samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
                     beta=BETA, learning_rate=LEARNING_RATE, dtype="fp32", engine_dtype="fp32", engine="vllm",
-                    zero_stage=args.zero_stage, share_prompt=args.share_prompt, rounds=total, eval_every=total, num_eval_prompts=args.batch_size,
+                    zero_stage=args.zero_stage, share_prompt=args.share_prompt, engine_compile=args.engine_compile,
+                    rounds=total, eval_every=total, num_eval_prompts=args.batch_size,
                     save_final=False, tensorboard=False, progress=False)
     clocks: list[tuple[float, float]] = []
     plain_round = OnlineLoop.round
@@ -202,7 +204,7 @@ def part_bound(args) -> dict:
     reference = load_causal_lm(args.model_dir, "fp32").eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), fused=False)
     engine = build_engine("vllm", args.model_dir, dtype="fp32", seed=SEED, threads=args.threads,
-                          max_model_len=96 + args.max_new_tokens + 64)
+                          max_model_len=96 + args.max_new_tokens + 64, compile=args.engine_compile)
     _set_threads(args.threads)
     params = LossParams(BETA)
     rows = []
@@ -260,7 +262,8 @@ def run_part(args) -> dict:
 def _common_flags(args) -> list[str]:
     return ["--model", args.model, "--batch_size", str(args.batch_size), "--samples_per_prompt",
             str(args.samples_per_prompt), "--max_new_tokens", str(args.max_new_tokens), "--rounds", str(args.rounds),
-            "--warmup", str(args.warmup), "--share_prompt", str(args.share_prompt).lower()]
+            "--warmup", str(args.warmup), "--share_prompt", str(args.share_prompt).lower(),
+            "--engine_compile", str(args.engine_compile).lower()]
 
 
 def spawn(args, part: str, nproc: int = 1) -> dict:
@@ -358,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     p.add_argument("--share_prompt", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
                    help="fastalign and the bound run each pair's prompt once (RunConfig.share_prompt)")
+    p.add_argument("--engine_compile", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help="fastalign and the bound generate with vLLM's compiled mode (RunConfig.engine_compile); "
+                        "its compile happens at start-up, before the timed rounds")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--torchrun", action="store_true", help="also run fastalign under torchrun, 2 ranks, ZeRO-2")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per contender")

@@ -60,6 +60,7 @@ class RunConfig:
     top_p: float = 1.0
     engine_dtype: str = "auto"
     kv_cache_gib: float = 1.0
+    engine_compile: bool = False  # vLLM compiled mode: slower start (minutes on 2 cores), faster generation
     # --- oracle ---
     oracle: str = "vader"
     oracle_path: str | None = None  # "module:function" for callable, a directory for reward-model/judge
@@ -125,6 +126,8 @@ class RunConfig:
         self._validate_algorithm()
         choice("oracle", ORACLES)
         choice("engine", ENGINES)
+        if self.engine_compile and self.engine == "hf":
+            raise ConfigError("engine_compile is vLLM's compiled mode: use --engine vllm (or auto), or drop --engine_compile")
         choice("explore", EXPLORERS)
         choice("erm_features", ERM_FEATURES)
         choice("responses_from", RESPONSE_SOURCES)

@@ -122,7 +122,7 @@ def run(cfg: RunConfig) -> dict:
     learner = PolicyLearner(cfg, model_dir, pad_id=tokenizer.pad_token_id, world_size=world)
     engine = build_engine(cfg.engine, model_dir, dtype=cfg.engine_dtype, kv_cache_gib=cfg.kv_cache_gib,
                           seed=cfg.seed + rank, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 64,
-                          threads=cfg.threads)
+                          threads=cfg.threads, compile=cfg.engine_compile)
     set_torch_threads(cfg.threads)
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,

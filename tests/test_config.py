@@ -29,6 +29,7 @@ def test_json_round_trip(tmp_path):
     (["--loss", "kto"], "unknown loss 'kto'"),
     (["--oracle", "human"], "unknown oracle 'human'"),
     (["--engine", "tgi"], "unknown engine 'tgi'"),
+    (["--engine", "hf", "--engine_compile", "true"], "engine_compile is vLLM's compiled mode"),
     (["--beta", "0"], "beta must be > 0"),
     (["--beta", "abc"], "option beta: expected float"),
     (["--rounds", "2.5"], "option rounds: expected int"),

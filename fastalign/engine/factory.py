@@ -15,8 +15,9 @@ def vllm_available() -> bool:
 
 
 def build_engine(kind: str, model_dir: str | os.PathLike, dtype: str = "bf16", kv_cache_gib: float = 1.0,
-                 seed: int = 0, max_model_len: int = 1024, threads: int | None = None) -> GenerationEngine:
-    """auto = vllm when importable, else hf (with a one-line notice on stderr)."""
+                 seed: int = 0, max_model_len: int = 1024, threads: int | None = None,
+                 compile: bool = False) -> GenerationEngine:
+    """auto = vllm when importable, else hf (with a one-line notice on stderr); compile: vLLM compiled mode."""
     if kind not in ENGINE_KINDS:
         raise ValueError(f"unknown engine {kind!r}: choose one of {', '.join(ENGINE_KINDS)}")
     if kind == "vllm" and not vllm_available():
@@ -26,9 +27,10 @@ def build_engine(kind: str, model_dir: str | os.PathLike, dtype: str = "bf16", k
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, dtype=dtype, kv_cache_gib=kv_cache_gib, seed=seed,
-                          max_model_len=max_model_len, threads=threads)
+                          max_model_len=max_model_len, threads=threads, enforce_eager=not compile)
     if kind == "auto":
-        print("fastalign: vLLM is not installed, generating with transformers (--engine hf)", file=sys.stderr)
+        print("fastalign: vLLM is not installed, generating with transformers (--engine hf)"
+              + ("; --engine_compile only applies to vLLM" if compile else ""), file=sys.stderr)
     from .hf_engine import HFEngine
 
     return HFEngine(model_dir, dtype=dtype, seed=seed, threads=threads, max_model_len=max_model_len)

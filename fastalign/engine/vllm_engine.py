@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..models import cache_dir
 from ..threads import default_threads, restore_set_num_threads, using_threads
 from ..types import Completion
 from .base import GenerationEngine, check_dtype, check_request, request_seeds, stop_token_ids
@@ -48,6 +49,8 @@ def import_vllm():
     """Import vllm in in-process mode (the weight swap needs the worker in this process)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    # compiled mode's graphs are cached beside the converted models, so a second start skips the compile
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
     try:
         import vllm
     except ImportError as exc:

@@ -24,6 +24,7 @@ def test_bench_runs_end_to_end_and_writes_json(tiny_model_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     proc = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_model_dir), "--batch_size", "2",
                            "--max_new_tokens", "4", "--rounds", "1", "--warmup", "1", "--out", str(out),
+                           "--engine_compile", "false",  # compiled mode: tests/engine/test_vllm_compiled.py
                            "--parts", "fastalign", "trl-default", "bound"],  # trl-nockpt: the same code, one flag
                           env=env, capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

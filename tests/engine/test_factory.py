@@ -17,6 +17,8 @@ def test_auto_falls_back_to_hf_with_a_notice(tiny_model_dir, monkeypatch, capsys
     monkeypatch.setattr(factory, "vllm_available", lambda: False)
     assert isinstance(build_engine("auto", tiny_model_dir, dtype="fp32"), HFEngine)
     assert "vLLM is not installed" in capsys.readouterr().err
+    build_engine("auto", tiny_model_dir, dtype="fp32", compile=True)
+    assert "--engine_compile only applies to vLLM" in capsys.readouterr().err
 
 
 def test_vllm_requested_but_missing(tiny_model_dir, monkeypatch):
