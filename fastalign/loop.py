@@ -304,6 +304,7 @@ class OnlineLoop:
                    **self.run_info}
         if hasattr(self.oracle, "paid_queries"):  # a DurableOracle: what was paid vs answered from its log
             summary["oracle_paid_queries"] = int(all_reduce_sum(self.oracle.paid_queries))
+            summary["oracle_paid_eval_queries"] = int(all_reduce_sum(self.oracle.paid_eval_queries))
             summary["oracle_replayed_queries"] = int(all_reduce_sum(self.oracle.replayed_queries))
         if is_main_process():
             evals = read_metrics(self.metrics.path, kind="eval")

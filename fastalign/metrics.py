@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True):
+    """rebuild_tensorboard (on resume): metrics.jsonl was restored to the checkpoint's rows, so the
+    TensorBoard log is rewritten from it; appending would repeat the rounds the resume re-runs."""
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, enabled: bool = True,
+                 rebuild_tensorboard: bool = False):
         self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
         self._writer = None
@@ -26,7 +31,14 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+            tb_dir = Path(out_dir) / "tensorboard"
+            if rebuild_tensorboard:
+                shutil.rmtree(tb_dir, ignore_errors=True)
+            self._writer = SummaryWriter(str(tb_dir))
+            if rebuild_tensorboard and self.path.is_file():
+                for row in read_metrics(self.path):
+                    values = {k: v for k, v in row.items() if k not in ("kind", "queries", "time")}
+                    self._to_tensorboard(row["kind"], row["queries"], values)
 
     def log(self, kind: str, queries: int, values: dict[str, Any]) -> None:
         """One row: kind ("train" / "eval" / ...), the oracle query count so far, and scalar values."""
@@ -35,6 +47,9 @@ class MetricsLogger:
         row = {"kind": kind, "queries": queries, "time": round(time.time() - self._start, 3), **values}
         self._file.write(json.dumps(row, default=_jsonable) + "\n")
         self._file.flush()
+        self._to_tensorboard(kind, queries, values)
+
+    def _to_tensorboard(self, kind: str, queries: int, values: dict[str, Any]) -> None:
         if self._writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):

@@ -127,7 +127,8 @@ def run(cfg: RunConfig) -> dict:
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,
                       explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank, policy=learner.reference), oracle=oracle, learner=learner,
-                      evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process()),
+                      evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
+                                                            rebuild_tensorboard=cfg.resume is not None),
                       rank=rank, world_size=world, tokenizer=tokenizer, dataset_responses=dataset_responses)
     loop.state.start_time = started
     loop.run_info = {"prompts_skipped": len(train_text.skipped),
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _format_summary(summary: dict) -> str:
     lines = ["", "fastalign run finished: " + summary["stopped"]]
-    for key in ("queries", "oracle_paid_queries", "rounds", "pairs_trained", "tied_pairs", "win_rate", "ties", "oracle_score",
+    for key in ("queries", "oracle_paid_queries", "oracle_paid_eval_queries", "rounds", "pairs_trained", "tied_pairs", "win_rate", "ties", "oracle_score",
                 "reference_score", "wall_time_s", "final_model"):
         if key in summary:
             value = summary[key]

@@ -63,12 +63,14 @@ def comparable(out: Path) -> list[dict]:
 def assert_same_run(out: Path, baseline: Path) -> None:
     assert comparable(out) == comparable(baseline)
     got, want = (json.loads((d / "summary.json").read_text()) for d in (out, baseline))
-    for key in ("queries", "rounds", "pairs_trained", "win_rate", "oracle_score", "oracle_paid_queries"):
+    for key in ("queries", "rounds", "pairs_trained", "win_rate", "oracle_score", "oracle_paid_queries",
+                "oracle_paid_eval_queries"):
         assert got[key] == want[key], key
     a, b = load_file(out / "final" / "model.safetensors"), load_file(baseline / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_lines = (out / "oracle_log-rank0.jsonl").read_text().splitlines()
-    assert len(log_lines) == want["oracle_paid_queries"]  # no answer lost, none paid twice
+    assert len(log_lines) == want["oracle_paid_queries"] + want["oracle_paid_eval_queries"]  # none lost or paid twice
+    assert want["oracle_paid_queries"] == want["queries"]  # training queries alone: evaluations are counted apart
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +111,8 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted(baseline, tiny
     """Each seed's CLI run is killed with SIGKILL once its oracle log reaches a seeded length, plus a
     seeded delay, which lands kills inside rounds, evaluations and checkpoint writes; it is then resumed
     with --resume auto (in this process, which has the libraries imported already)."""
-    total = json.loads((baseline / "summary.json").read_text())["oracle_paid_queries"]
+    base = json.loads((baseline / "summary.json").read_text())
+    total = base["oracle_paid_queries"] + base["oracle_paid_eval_queries"]
     procs = {}
     for seed in KILL_SEEDS:  # all at once, one thread each
         out = tmp_path / f"kill{seed}"

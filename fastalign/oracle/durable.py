@@ -49,8 +49,8 @@ class DurableOracle(Oracle):
     """Wraps `inner`; labels like it (same preference mode, temperature and seed), pays only for new pairs.
 
     queries / eval_queries count every pair answered (as for any oracle: the x-axis of the curves);
-    paid_queries counts the pairs actually sent to `inner` over the whole run (read back from the log),
-    replayed_queries the pairs this process answered from the log.
+    paid_queries / paid_eval_queries count the training / evaluation pairs actually sent to `inner` over
+    the whole run (read back from the log), replayed_queries the pairs this process answered from the log.
     """
 
     def __init__(self, inner: Oracle, log_path: str | os.PathLike, *, retries: int = 3, timeout: float | None = None,
@@ -61,18 +61,19 @@ class DurableOracle(Oracle):
         self.path = Path(log_path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.cache: dict[str, tuple[float, float | None, float | None]] = {}
-        self.paid_queries = self._load()
+        self.paid_queries, self.paid_eval_queries = self._load()
         self.replayed_queries = 0
         self._file = self.path.open("a", encoding="utf-8")
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ the log
-    def _load(self) -> int:
-        """Read the log into the cache; a torn last line (killed mid-write) is cut off, nothing else is."""
+    def _load(self) -> tuple[int, int]:
+        """Read the log into the cache; a torn last line (killed mid-write) is cut off, nothing else is.
+        Returns the paid (training, evaluation) queries it holds."""
         if not self.path.exists():
-            return 0
+            return 0, 0
         raw = self.path.read_bytes()
-        good_end, paid = 0, 0
+        good_end, paid = 0, {"train": 0, "eval": 0}
         for line in raw.splitlines(keepends=True):
             try:
                 row = json.loads(line)
@@ -84,12 +85,12 @@ class DurableOracle(Oracle):
                 log.warning("%s: dropping a torn last entry (the run was killed while writing it)", self.path)
                 break
             self.cache[row["k"]] = entry
-            paid += 1
+            paid[row.get("kind", "train")] += 1
             good_end += len(line)
         if good_end < len(raw):
             with self.path.open("r+b") as f:
                 f.truncate(good_end)
-        return paid
+        return paid["train"], paid["eval"]
 
     def _append(self, keys: list[str], prob_a: np.ndarray, scores_a, scores_b, kind: str) -> None:
         lines = []
@@ -102,7 +103,10 @@ class DurableOracle(Oracle):
         self._file.write("".join(lines))
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.paid_queries += len(keys)
+        if kind == "eval":
+            self.paid_eval_queries += len(keys)
+        else:
+            self.paid_queries += len(keys)
 
     # ------------------------------------------------------------------ answering
     def compare(self, prompts, a, b, *, count: bool = True):

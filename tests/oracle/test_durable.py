@@ -46,6 +46,16 @@ def test_same_labels_as_the_wrapped_oracle_and_each_answer_logged_once(tmp_path)
     assert len(rows) == 3 and all(r["kind"] == "train" for r in rows)
 
 
+def test_evaluation_queries_are_paid_and_counted_apart(tmp_path):
+    oracle = durable(tmp_path, Counting())
+    oracle.compare(PROMPTS, A, B)
+    oracle.compare(PROMPTS[:2], B[:2], A[:2], count=False)
+    assert (oracle.paid_queries, oracle.paid_eval_queries) == (3, 2)
+    oracle.close()
+    again = durable(tmp_path, Counting())  # read back from the log's "kind" field
+    assert (again.paid_queries, again.paid_eval_queries) == (3, 2)
+
+
 def test_a_new_process_answers_from_the_log_and_resumes_the_label_stream(tmp_path):
     first = durable(tmp_path, Counting())
     first.compare(PROMPTS[:1], A[:1], B[:1])
