@@ -1,9 +1,5 @@
-"""Helpers shared by the model-backed oracles: loading, chat formatting, padded batches."""
+"""Helpers shared by the model-backed oracles: padded batches."""
 from __future__ import annotations
-
-import torch
-
-from ..models import torch_dtype
 
 
 def length_sorted_chunks(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -12,8 +8,3 @@ def length_sorted_chunks(lengths: list[int], batch_size: int) -> list[list[int]]
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def check_dtype(dtype: str) -> torch.dtype:
-    try:
-        return torch_dtype(dtype)
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}: use 'fp32' or 'bf16'") from None

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..data import has_chat_template
-from ..models import left_pad, load_tokenizer
+from ..models import left_pad, load_tokenizer, torch_dtype
 from .base import Oracle, sigmoid
-from .hf import check_dtype, length_sorted_chunks
+from .hf import length_sorted_chunks
 
 DEFAULT_INSTRUCTION = (
     "You are an impartial judge. Compare the two responses to the user's request below and decide "
@@ -67,7 +67,7 @@ class JudgeOracle(Oracle):
         self.instruction = instruction.strip() if instruction is not None else DEFAULT_INSTRUCTION
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=check_dtype(dtype),
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype),
                                                           attn_implementation="sdpa")
         self.model.eval()
         self.letter_ids = [answer_token_ids(self.tokenizer, letter) for letter in LETTERS]

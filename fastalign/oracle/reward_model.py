@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from ..data import has_chat_template
-from ..models import load_tokenizer
+from ..models import load_tokenizer, torch_dtype
 from .base import RewardOracle
-from .hf import check_dtype, length_sorted_chunks
+from .hf import length_sorted_chunks
 
 
 def _check_seq_classification_dir(model_dir: Path) -> dict:
@@ -53,7 +53,7 @@ class RewardModelOracle(RewardOracle):
         self.batch_size, self.max_length = batch_size, max_length
         self.tokenizer = load_tokenizer(model_dir)
         self.tokenizer.padding_side = "right"  # position ids stay 0.. for every architecture
-        self.model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=check_dtype(dtype))
+        self.model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch_dtype(dtype))
         self.model.eval()
         if self.model.config.pad_token_id is None:  # needed to find each row's last token in a batch
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
