@@ -70,12 +70,16 @@ def _median_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 def part_fastalign(args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="fastalign-bench-") as tmp:  # the run's checkpoint is ~1.6 GB
+        return _timed_fastalign_run(args, Path(tmp))
+
+
+def _timed_fastalign_run(args, out: Path) -> dict:
     from fastalign.config import RunConfig
     from fastalign.loop import STAGES, OnlineLoop
     from fastalign.metrics import read_metrics
     from fastalign.train import run
 
-    out = Path(tempfile.mkdtemp(prefix="fastalign-bench-"))
     total = args.warmup + args.rounds
     cfg = RunConfig(model=args.model_dir, output_dir=str(out), seed=SEED, threads=args.threads,
                     batch_size=args.batch_size, micro_batch_size=args.batch_size,
@@ -166,8 +170,9 @@ def part_trl(args, checkpointing: bool) -> dict:
             gen, orc = times.get("generate", 0.0), times.get("oracle", 0.0)
             rows.append({"round_s": step, "cpu_s": cpu, "generate": gen, "oracle": orc, "learn": step - gen - orc})
 
+    scratch = tempfile.TemporaryDirectory(prefix="trl-bench-")  # removed at exit, even after a failure
     config = OnlineDPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="trl-bench-"), per_device_train_batch_size=args.batch_size,
+        output_dir=scratch.name, per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.rounds, max_new_tokens=args.max_new_tokens, temperature=1.0,
         beta=BETA, learning_rate=LEARNING_RATE, bf16=False, use_cpu=True, seed=SEED,
         gradient_checkpointing=checkpointing, report_to=[], save_strategy="no", logging_steps=10**6,
@@ -181,6 +186,7 @@ def part_trl(args, checkpointing: bool) -> dict:
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
+    scratch.cleanup()
     timed_rows = rows[args.warmup:]
     med = _median_rows(timed_rows)
     return {"pairs_per_sec": args.batch_size / med["round_s"], "pairs_per_cpu_sec": args.batch_size / med["cpu_s"],

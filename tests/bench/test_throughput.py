@@ -22,6 +22,9 @@ def load_bench():
 def test_bench_runs_end_to_end_and_writes_json(tiny_model_dir, tmp_path):
     out = tmp_path / "throughput.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)  # the contenders' run directories must be gone afterwards
     proc = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_model_dir), "--batch_size", "2",
                            "--max_new_tokens", "4", "--rounds", "1", "--warmup", "1", "--out", str(out),
                            "--engine_compile", "false",  # compiled mode: tests/engine/test_vllm_compiled.py
@@ -47,6 +50,7 @@ def test_bench_runs_end_to_end_and_writes_json(tiny_model_dir, tmp_path):
     assert machine["cores"] >= 1 and machine["versions"]["torch"] and machine["date"]
     assert report["config"]["batch_size"] == 2 and "--rounds 1" in report["command"]
     assert "fastalign" in proc.stdout and "written:" in proc.stdout  # the printed table
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith(("fastalign-bench-", "trl-bench-"))]
 
 
 def test_ratios_and_table_from_results():
