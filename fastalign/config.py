@@ -19,6 +19,7 @@ ALGORITHMS = ("online-dpo", "selm", "xpo", "bpo", "sail-pr", "sail-pp", "sail-dp
 REFERENCE_SAMPLES = ("selm", "xpo")  # need ỹ ~ π_ref each round
 POLICY_LABELS = ("sail-pp", "sail-dp")  # labels from the policy's implicit reward: no oracle queries
 DATASET_RESPONSES = ("sail-dp",)  # responses from the prompt set, not from the policy
+SAIL_SAMPLING = ("exact", "authors")  # SAIL's sampling term: the score-function gradient, or the released code's
 ORACLES = ("vader", "callable", "reward-model", "judge")
 ENGINES = ("auto", "vllm", "hf")
 EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
@@ -221,7 +222,7 @@ class RunConfig:
         for name in ("selm_alpha", "xpo_alpha", "sail_coef"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.sail_sampling not in ("exact", "authors"):
+        if self.sail_sampling not in SAIL_SAMPLING:
             raise ConfigError(f"unknown sail_sampling {self.sail_sampling!r}: choose 'exact' (the score-function "
                               f"gradient) or 'authors' (the SAIL authors' released code)")
         if self.algorithm.startswith("sail-") and self.loss != "dpo":

@@ -25,11 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..config import ALGORITHMS, DATASET_RESPONSES, POLICY_LABELS, REFERENCE_SAMPLES  # noqa: F401
+from ..config import ALGORITHMS, DATASET_RESPONSES, POLICY_LABELS, REFERENCE_SAMPLES, SAIL_SAMPLING  # noqa: F401
 from .losses import LossParams, SequenceLogps, loss_function
 
 SAIL = ("sail-pr", "sail-pp", "sail-dp")
-SAIL_SAMPLING = ("exact", "authors")  # the sampling term: the score-function gradient, or the released code's
 
 
 def selm_term(policy_extra: torch.Tensor, ref_extra: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
