@@ -356,6 +356,10 @@ def table(results: dict, rel: dict) -> str:
     return "\n".join(lines)
 
 
+def _yes(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="packaged default's name or an HF dir")
@@ -365,9 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="timed rounds per contender")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (≥ 1)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
-    p.add_argument("--share_prompt", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--share_prompt", type=_yes, default=True,
                    help="fastalign and the bound run each pair's prompt once (RunConfig.share_prompt)")
-    p.add_argument("--engine_compile", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+    p.add_argument("--engine_compile", type=_yes, default=True,
                    help="fastalign and the bound generate with vLLM's compiled mode (RunConfig.engine_compile); "
                         "its compile happens at start-up, before the timed rounds")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
