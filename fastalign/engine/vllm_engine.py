@@ -49,7 +49,7 @@ def import_vllm():
     """Import vllm in in-process mode (the weight swap needs the worker in this process)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    # compiled mode's graphs are cached beside the converted models, so a second start skips the compile
+    # vLLM's caches (compiled mode's graphs among them) live beside the converted models, not in ~/.cache/vllm
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
     try:
         import vllm
