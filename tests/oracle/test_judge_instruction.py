@@ -1,11 +1,12 @@
 """The judge's instruction reaches the default 135M model and changes its answers; how far its length
-preference moves is measured, not assumed (README, Oracles: a 135M judge barely follows it)."""
+preference moves is measured, not assumed (README, Oracles: a 135M judge barely follows it).
+
+Uses the packaged default model, converted on first use (about 40 s on a fresh machine; cached after)."""
 import numpy as np
 import pytest
 
-from fastalign.models import cache_dir
+from fastalign.config import DEFAULT_MODEL
 
-MODEL = cache_dir() / "models" / "smollm2-135m-instruct"
 PROMPTS = ["What is the capital of France?", "How do I boil an egg?", "What colour is the sky?"]
 SHORT = ["Paris.", "Boil it for nine minutes.", "Blue."]
 LONG = ["The capital of France is Paris, a large city on the Seine known for the Eiffel Tower, the Louvre "
@@ -16,12 +17,12 @@ LONG = ["The capital of France is Paris, a large city on the Seine known for the
         "sunlight more strongly than the longer red ones, while at sunset it turns orange and red."]
 
 
-@pytest.mark.skipif(not (MODEL / "config.json").is_file(),
-                    reason=f"the converted default model is not at {MODEL}: `make train` (or any first run) creates it")
+@pytest.mark.timeout(600)
 def test_instruction_changes_the_default_judges_preferences():
+    from fastalign.models import resolve_model_dir
     from fastalign.oracle import JudgeOracle
 
-    judge = JudgeOracle(MODEL, batch_size=12)
+    judge = JudgeOracle(resolve_model_dir(DEFAULT_MODEL), batch_size=12)
     probs = {}
     for word in ("shorter", "longer"):
         judge.instruction = f"Prefer the {word} answer."
