@@ -66,7 +66,7 @@ class FormattedPrompts(list):
 
 
 @dataclass
-class _Row:
+class Row:
     where: str  # "file:line" or "dir[split] row i", for error messages
     value: Any
     default_id: str
@@ -102,11 +102,11 @@ def load_prompts(source: str, split: str | None = None, field: str = "prompt",
         if split not in (None, *DEFAULT_SPLITS):
             raise PromptFormatError(f"the default prompt set has splits {DEFAULT_SPLITS}, not {split!r}")
         source, field = str(default_prompts_path()), "prompt"
-        rows = _jsonl_rows(Path(source))
+        rows = jsonl_rows(Path(source))
     else:
         path = Path(source)
         if path.is_file():
-            rows = _jsonl_rows(path)
+            rows = jsonl_rows(path)
         elif path.is_dir():
             rows, split = _dataset_rows(path, split)
         else:
@@ -116,7 +116,7 @@ def load_prompts(source: str, split: str | None = None, field: str = "prompt",
     return _collect(rows, source, split, field, on_bad_row)
 
 
-def _collect(rows: list[_Row], source: str, split: str | None, field: str, on_bad_row: str) -> PromptList:
+def _collect(rows: list[Row], source: str, split: str | None, field: str, on_bad_row: str) -> PromptList:
     if not rows:
         raise PromptFormatError(f"{source}: empty, no rows at all; give one object per row with a {field!r} field")
     has_split = any(isinstance(r.value, dict) and "split" in r.value for r in rows)
@@ -125,7 +125,7 @@ def _collect(rows: list[_Row], source: str, split: str | None, field: str, on_ba
     instructions, ids, skipped = [], [], []
     for row in rows:
         try:
-            text = _instruction(row, field)
+            text = row_instruction(row, field)
         except PromptFormatError as err:
             if on_bad_row == "fail":
                 raise
@@ -146,7 +146,7 @@ def _collect(rows: list[_Row], source: str, split: str | None, field: str, on_ba
     return PromptList(instructions, ids, skipped)
 
 
-def _instruction(row: _Row, field: str) -> str:
+def row_instruction(row: Row, field: str) -> str:
     if row.error is not None:
         raise PromptFormatError(row.error)
     if not isinstance(row.value, dict):
@@ -162,13 +162,13 @@ def _instruction(row: _Row, field: str) -> str:
     return text
 
 
-def _jsonl_rows(path: Path) -> list[_Row]:
+def jsonl_rows(path: Path) -> list[Row]:
     rows = []
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            row = _Row(f"{path}:{number}", None, f"{path.name}:{number}")
+            row = Row(f"{path}:{number}", None, f"{path.name}:{number}")
             try:
                 row.value = json.loads(line)
             except json.JSONDecodeError as err:
@@ -177,7 +177,7 @@ def _jsonl_rows(path: Path) -> list[_Row]:
     return rows
 
 
-def _dataset_rows(path: Path, split: str | None) -> tuple[list[_Row], str | None]:
+def _dataset_rows(path: Path, split: str | None) -> tuple[list[Row], str | None]:
     """Rows of a saved Dataset or DatasetDict, and the split still to filter on (a "split" column)."""
     import datasets
 
@@ -195,7 +195,7 @@ def _dataset_rows(path: Path, split: str | None) -> tuple[list[_Row], str | None
     rows = []
     for name, part in parts:
         label, prefix = (f"{path}[{name}]", f"{path.name}:{name}") if name is not None else (str(path), path.name)
-        rows.extend(_Row(f"{label} row {i}", dict(record), f"{prefix}:{i}") for i, record in enumerate(part))
+        rows.extend(Row(f"{label} row {i}", dict(record), f"{prefix}:{i}") for i, record in enumerate(part))
     return rows, remaining
 
 
