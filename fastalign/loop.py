@@ -202,10 +202,11 @@ class OnlineLoop:
         self.metrics.log("train", self.state.queries, row)
         return row
 
-    def _generate(self, prompts: list[Prompt], seed: int) -> list[list[Completion]]:
+    def _generate(self, prompts: list[Prompt], seed: int, n: int | None = None) -> list[list[Completion]]:
+        """n samples per prompt (default samples_per_prompt); an engine failure names the round and the batch."""
         cfg = self.cfg
         try:
-            return self.engine.generate([p.token_ids for p in prompts], n=cfg.samples_per_prompt,
+            return self.engine.generate([p.token_ids for p in prompts], n=n or cfg.samples_per_prompt,
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                         top_p=cfg.top_p, seed=seed)
         except Exception as exc:  # noqa: BLE001 — any engine failure is reported with its batch
@@ -216,10 +217,7 @@ class OnlineLoop:
         """One sample per prompt from the reference: its weights go into the engine (no second model copy);
         the round's sync puts the policy's back. Completion.logprob_sum is then log π_ref(ỹ), raw, at T=1."""
         self.load_engine("reference")
-        cfg = self.cfg
-        samples = self.engine.generate([p.token_ids for p in prompts], n=1, max_new_tokens=cfg.max_new_tokens,
-                                       temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
-        return [group[0] for group in samples]
+        return [group[0] for group in self._generate(prompts, seed, n=1)]
 
     def load_engine(self, weights: str) -> None:
         """Put the current policy's or the frozen reference's weights into the engine, unless it holds them.
