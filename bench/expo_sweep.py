@@ -38,10 +38,10 @@ def sweep(run_dir: Path, alphas: list[float], engine_kind: str | None = None, al
     """Win rate vs the SFT model for each α, with the run's config (oracle, prompts, lengths)."""
     from fastalign.config import RunConfig
     from fastalign.data import format_prompts
-    from fastalign.engine import build_engine
+    from fastalign.engine import engine_for_run
     from fastalign.eval import WinRateEvaluator
     from fastalign.extrapolate import extrapolate_weights
-    from fastalign.models import load_causal_lm, load_tokenizer, resolve_dtype, resolve_model_dir
+    from fastalign.models import load_causal_lm, load_tokenizer, resolve_model_dir
     from fastalign.oracle import build_oracle
     from fastalign.threads import set_torch_threads
     from fastalign.train import split_prompts
@@ -64,9 +64,7 @@ def sweep(run_dir: Path, alphas: list[float], engine_kind: str | None = None, al
     oracle = build_oracle(cfg)
     sft, tuned = load_causal_lm(sft_dir), load_causal_lm(aligned)
     set_torch_threads(cfg.threads)
-    engine = build_engine(cfg.engine, sft_dir, dtype=resolve_dtype(cfg.engine_dtype), kv_cache_gib=cfg.kv_cache_gib,
-                          seed=cfg.seed, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 64,
-                          threads=cfg.threads)
+    engine = engine_for_run(cfg, sft_dir, seed=cfg.seed)
     rows = []
     try:
         set_torch_threads(cfg.threads)

@@ -78,7 +78,7 @@ def run(cfg: RunConfig) -> dict:
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:
         raise ConfigError(str(exc)) from exc
 
-    from .engine import build_engine
+    from .engine import engine_for_run
     from .eval import WinRateEvaluator
     from .explore.explorer import build_explorer
     from .learner.distributed import init_distributed, is_main_process, shutdown_distributed
@@ -120,9 +120,7 @@ def run(cfg: RunConfig) -> dict:
 
         dataset_responses = load_dataset_responses(cfg.prompts, tokenizer, cfg.prompt_field, cfg.response_field)
     learner = PolicyLearner(cfg, model_dir, pad_id=tokenizer.pad_token_id, world_size=world)
-    engine = build_engine(cfg.engine, model_dir, dtype=cfg.engine_dtype, kv_cache_gib=cfg.kv_cache_gib,
-                          seed=cfg.seed + rank, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 64,
-                          threads=cfg.threads, compile=cfg.engine_compile)
+    engine = engine_for_run(cfg, model_dir, seed=cfg.seed + rank)
     set_torch_threads(cfg.threads)
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,

@@ -34,3 +34,13 @@ def build_engine(kind: str, model_dir: str | os.PathLike, dtype: str = "bf16", k
     from .hf_engine import HFEngine
 
     return HFEngine(model_dir, dtype=dtype, seed=seed, threads=threads, max_model_len=max_model_len)
+
+
+def engine_for_run(cfg, model_dir: str | os.PathLike, seed: int) -> GenerationEngine:
+    """The engine a RunConfig asks for: its kind, dtype, KV cache, threads and compiled mode, long
+    enough for a prompt of max_prompt_tokens plus max_new_tokens (and the chat template's margin)."""
+    from ..models import resolve_dtype
+
+    return build_engine(cfg.engine, model_dir, dtype=resolve_dtype(cfg.engine_dtype), kv_cache_gib=cfg.kv_cache_gib,
+                        seed=seed, max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens + 64,
+                        threads=cfg.threads, compile=cfg.engine_compile)
