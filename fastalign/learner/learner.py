@@ -60,6 +60,7 @@ class PolicyLearner:
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
         skip_identity_allreduce(self.engine, cfg.zero_stage, world_size)
+        check_every_step(self.engine)
         self.steps = 0
         self.skipped_steps = 0  # NaN/inf steps skipped so far
 
@@ -110,21 +111,26 @@ class PolicyLearner:
         total_weight = max(sum(weights), 1e-8)
         sums: dict[str, float] = {}
         chunks = range(0, len(pairs), self.cfg.micro_batch_size)
-        finite = True
         for k, start in enumerate(chunks):
             chunk = pairs[start:start + self.cfg.micro_batch_size]
             w = torch.tensor(weights[start:start + len(chunk)], dtype=torch.float32)
             loss, metrics = self._micro_loss(chunk, w, total_weight)
-            if not _all_ranks_finite(loss.detach()):
-                finite = False
-                break
-            self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1)
+            finite = _all_ranks_finite(loss.detach())
+            if not finite:
+                # End the round here with NaN gradients: every stage then drops the whole step, and
+                # under ZeRO, DeepSpeed clears the partial sums of earlier micro-batches itself.
+                loss = loss * float("nan")
+            self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1 or not finite)
             self.engine.backward(loss, scale_wrt_gas=False)
+            if not finite:
+                break
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * len(chunk)
-        if not (finite and self._finite_gradients()):
+        if not self._finite_gradients():
             return self._skip_step()
         self.engine.step()
+        if not self.engine.was_step_applied():  # ZeRO 1-3: the reduced partition held a NaN/inf
+            return self._count_skip()            # gradient; DeepSpeed dropped the step and its gradients
         self.steps += 1
         out = {key: value / len(pairs) for key, value in sums.items()}
         grad_norm = self.engine.get_global_grad_norm()
@@ -134,8 +140,8 @@ class PolicyLearner:
         return out
 
     def _finite_gradients(self) -> bool:
-        """All gradients finite on every rank (checked where they live on the parameters: ZeRO 0; ZeRO
-        1/2/3 keep reduced gradients in partitions, there only the loss is checked)."""
+        """All gradients on the parameters finite on every rank. Only ZeRO 0 keeps them there; ZeRO 1-3
+        reduce them into the optimizer's partitions, which DeepSpeed checks in engine.step()."""
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         ok = all(bool(torch.isfinite(g).all()) for g in grads)
         return _all_ranks_finite(torch.tensor(0.0 if ok else float("nan")))
@@ -145,6 +151,9 @@ class PolicyLearner:
         self.engine.zero_grad()
         for p in self.policy.parameters():
             p.grad = None
+        return self._count_skip()
+
+    def _count_skip(self) -> dict[str, float]:
         self.skipped_steps += 1  # the loop stops the run past cfg.max_nonfinite_steps
         return {"skipped_nonfinite": 1.0, "skipped_total": float(self.skipped_steps)}
 
@@ -239,6 +248,14 @@ def skip_identity_allreduce(engine, zero_stage: int, world_size: int) -> None:
     still flattens, all-reduces and copies back every gradient each step (~0.5 s CPU for 135M params)."""
     if world_size == 1 and zero_stage == 0:
         engine.enable_backward_allreduce = False
+
+
+def check_every_step(engine) -> None:
+    """ZeRO 1/2 in fp32 look for NaN/inf gradients only when they clip (they compute the norm then);
+    bf16 and ZeRO 3 always look. Make them always look, so a bad step is dropped with its gradients
+    (DeepSpeed's own clean-up of its partitions) and reported by engine.was_step_applied()."""
+    if hasattr(engine.optimizer, "check_grad_overflow"):
+        engine.optimizer.check_grad_overflow = True
 
 
 def _finite_or_nan(value) -> float:

@@ -1,7 +1,8 @@
 """Data parallelism for real: 2 ranks under torchrun with DeepSpeed ZeRO-2 over gloo.
 
 After one step both ranks hold identical parameters, and they equal a single process's step on the
-union of both ranks' pairs (the gradient all-reduce averages equal-sized rank batches).
+union of both ranks' pairs (the gradient all-reduce averages equal-sized rank batches). A NaN gradient
+on one rank before that makes both ranks skip the step and leaves no trace in the next one.
 """
 import os
 import subprocess

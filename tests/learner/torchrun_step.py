@@ -1,4 +1,5 @@
-"""Run by test_torchrun.py under `torchrun --nproc_per_node=2`: one ZeRO-2 step, each rank on its own pairs.
+"""Run by test_torchrun.py under `torchrun --nproc_per_node=2`: one ZeRO-2 step, each rank on its own pairs,
+after a step that both ranks must skip because rank 1 alone has a NaN gradient.
 
 Writes the updated parameters of each rank to OUT/rank{r}.pt for the test to compare.
 """
@@ -24,6 +25,11 @@ def main(model_dir: str, out: str, zero_stage: int) -> None:
     cfg = RunConfig(model=model_dir, dtype="fp32", learning_rate=1e-2, batch_size=2, micro_batch_size=2,
                     zero_stage=zero_stage)
     learner = PolicyLearner(cfg, Path(model_dir), pad_id=0, world_size=world)
+    poisoned = next(p for name, p in learner.policy.named_parameters() if "mlp" in name)
+    hook = poisoned.register_hook(lambda g: torch.full_like(g, float("nan")) if rank == 1 else g)
+    skipped = learner.step(pairs_for(rank))
+    hook.remove()
+    assert skipped.get("skipped_nonfinite") == 1.0 and learner.steps == 0, f"rank {rank} did not skip: {skipped}"
     learner.step(pairs_for(rank))
     state = {n: t.detach().clone() for n, t in learner.named_weights()}
     torch.save(state, Path(out) / f"rank{rank}.pt")
