@@ -1,4 +1,5 @@
 """Reward functions for the loop tests, importable as a callable oracle ("loop_rewards:letter_e_share")."""
+import os
 
 
 def letter_e_share(prompts: list[str], responses: list[str]) -> list[float]:
@@ -17,3 +18,11 @@ def flaky_e_share(prompts: list[str], responses: list[str]) -> list[float]:
         raise ConnectionError("oracle service unavailable")
     calls += 1
     return letter_e_share(prompts, responses)
+
+
+def flaky_on_rank_1(prompts: list[str], responses: list[str]) -> list[float]:
+    """flaky_e_share failing on torchrun rank 1 alone, after $LOOP_REWARDS_FAIL_AFTER calls (unset: never)."""
+    global FAIL_AFTER
+    if os.environ.get("RANK") == "1" and "LOOP_REWARDS_FAIL_AFTER" in os.environ:
+        FAIL_AFTER = int(os.environ["LOOP_REWARDS_FAIL_AFTER"])
+    return flaky_e_share(prompts, responses)

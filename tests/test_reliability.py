@@ -228,3 +228,41 @@ def test_sigterm_checkpoints_and_exits_with_a_resume_hint(tiny_model_dir, tmp_pa
     assert "interrupted by SIGTERM after round" in err and "--resume auto" in err
     rounds = [r for r, _ in checkpoint_dirs(out / "checkpoints")]
     assert rounds and rounds[0] == len(read_metrics(out / "metrics.jsonl", kind="train"))
+
+
+@pytest.mark.timeout(600)
+def test_two_rank_run_stopped_by_one_rank_resumes_and_loses_nothing(tiny_model_dir, tmp_path):
+    """Under torchrun the oracle fails on rank 1 alone in round 3: the job stops (no collective checkpoint
+    is possible from one rank), and `--resume auto` under torchrun continues from round 2's periodic
+    checkpoint to a run with every round once and every query paid once (answers logged before the stop
+    are replayed, not asked again)."""
+    from fastalign.learner.distributed import _free_port
+
+    out = tmp_path / "run"
+    rounds = 4
+    argv = []
+    for key, value in options(tiny_model_dir, out, rounds=rounds, zero_stage=2, checkpoint_every=1, eval_every=rounds,
+                              oracle_path="loop_rewards:flaky_on_rank_1", oracle_retries=0).items():
+        argv += [f"--{key}", str(value)]
+    env = {k: v for k, v in cli_env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["FASTALIGN_SHM_ALLREDUCE"] = "0"
+
+    def torchrun(extra_env: dict, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={_free_port()}", "-m", "fastalign.train", *argv, *extra],
+                              env={**env, **extra_env}, cwd=TESTS, capture_output=True, text=True, timeout=280)
+
+    failed = torchrun({"LOOP_REWARDS_FAIL_AFTER": "3"})  # rank 1 answers eval 0 and rounds 1-2, then goes down
+    assert failed.returncode != 0 and "oracle service unavailable" in failed.stderr, failed.stderr[-3000:]
+    assert [r for r, _ in checkpoint_dirs(out / "checkpoints")][0] == 2
+    assert log_lines(out / "oracle_log-rank1.jsonl") == EVAL_PROMPTS + 2 * BATCH
+
+    resumed = torchrun({}, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == rounds and summary["queries"] == rounds * BATCH * 2  # summed over both ranks
+    assert summary["oracle_paid_queries"] == summary["queries"]  # nothing paid twice
+    logged = sum(log_lines(out / f"oracle_log-rank{r}.jsonl") for r in (0, 1))
+    assert logged == summary["oracle_paid_queries"] + summary["oracle_paid_eval_queries"]
+    assert [r["round"] for r in read_metrics(out / "metrics.jsonl", kind="train")] == list(range(1, rounds + 1))
+    assert (out / "final" / "model.safetensors").is_file()
