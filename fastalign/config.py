@@ -117,21 +117,21 @@ class RunConfig:
     max_nonfinite_steps: int = 10  # NaN/inf loss or gradient steps skipped before the run stops
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> "RunConfig":
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
+    def _choice(self, name: str, allowed: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in allowed:
+            raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
 
-        choice("loss", LOSSES)
+    def validate(self) -> "RunConfig":
+        self._choice("loss", LOSSES)
         self._validate_algorithm()
-        choice("oracle", ORACLES)
-        choice("engine", ENGINES)
+        self._choice("oracle", ORACLES)
+        self._choice("engine", ENGINES)
         if self.engine_compile and self.engine == "hf":
             raise ConfigError("engine_compile is vLLM's compiled mode: use --engine vllm (or auto), or drop --engine_compile")
-        choice("explore", EXPLORERS)
-        choice("erm_features", ERM_FEATURES)
-        choice("responses_from", RESPONSE_SOURCES)
+        self._choice("explore", EXPLORERS)
+        self._choice("erm_features", ERM_FEATURES)
+        self._choice("responses_from", RESPONSE_SOURCES)
         if not 0 <= self.mixed_share < 1:
             raise ConfigError(f"mixed_share must be in [0, 1), got {self.mixed_share}")
         sea_only = {"mixed_share": self.mixed_share > 0, "eval_best_of_n": self.eval_best_of_n != 0}
@@ -145,12 +145,12 @@ class RunConfig:
             raise ConfigError(f"mixed_burn_in must be ≥ 0, got {self.mixed_burn_in}")
         if self.erm_heads < 1:
             raise ConfigError(f"erm_heads must be ≥ 1, got {self.erm_heads}")
-        choice("preference", PREFERENCE_MODES)
-        choice("dtype", DTYPES)
-        choice("engine_dtype", DTYPES)
-        choice("logprob_impl", LOGPROB_IMPLS)
-        choice("on_bad_prompt", BAD_PROMPT_MODES)
-        choice("on_long_prompt", LONG_PROMPT_MODES)
+        self._choice("preference", PREFERENCE_MODES)
+        self._choice("dtype", DTYPES)
+        self._choice("engine_dtype", DTYPES)
+        self._choice("logprob_impl", LOGPROB_IMPLS)
+        self._choice("on_bad_prompt", BAD_PROMPT_MODES)
+        self._choice("on_long_prompt", LONG_PROMPT_MODES)
         positive = ("batch_size", "micro_batch_size", "max_new_tokens", "rounds", "eval_every",
                     "updates_per_round", "max_prompt_tokens", "num_eval_prompts")
         for name in positive:
@@ -217,8 +217,7 @@ class RunConfig:
                               "a directory of checkpoints, or 'auto' for output_dir's latest)")
 
     def _validate_algorithm(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {self.algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
+        self._choice("algorithm", ALGORITHMS)
         for name in ("selm_alpha", "xpo_alpha", "sail_coef"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
