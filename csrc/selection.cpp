@@ -83,6 +83,7 @@ class Row {
     return count;
   }
 
+  const int64_t* ids() const { return id_; }
   const float* data() const { return r_; }
   int64_t responses() const { return n_; }
   int64_t heads() const { return e_; }
@@ -270,58 +271,52 @@ __attribute__((target("avx2"))) inline void widen_block(const float* r0, int64_t
   out[3] = _mm256_permute2f128_pd(c, d, 0x31);
 }
 
+// Sums over heads of 4 * chains consecutive responses starting at r (as rows of E floats), one
+// vector chain of adds per 4 responses, each response adding its heads in order e = 0..E-1.
+template <int chains>
+__attribute__((target("avx2"))) inline void sum_heads_avx2(const float* __restrict r, int64_t e_count,
+                                                           __m256d s[chains]) {
+  for (int c = 0; c < chains; ++c) s[c] = _mm256_setzero_pd();
+  int64_t e = 0;
+  for (; e + 4 <= e_count; e += 4) {
+    for (int c = 0; c < chains; ++c) {
+      __m256d h[4];
+      widen_block(r + 4 * c * e_count, e_count, e, h);
+      for (int j = 0; j < 4; ++j) s[c] = _mm256_add_pd(s[c], h[j]);
+    }
+  }
+  for (; e < e_count; ++e) {
+    for (int c = 0; c < chains; ++c) {
+      const float* q = r + 4 * c * e_count + e;
+      s[c] = _mm256_add_pd(s[c], _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
+    }
+  }
+}
+
 // The same means as transpose_row + means_head_major (each response adds its heads in order e =
-// 0..E-1, then divides by E), straight from the row: 8 responses per pass in two independent
-// chains, the last < 4 responses one at a time. Padding entries n in [N, P) are set to 0.
-__attribute__((target("avx2"))) void means_from_row_avx2(const float* __restrict r,
-                                                         double* __restrict mean, int64_t n_count,
-                                                         int64_t n_padded, int64_t e_count) {
+// 0..E-1, then divides by E) of `count` consecutive responses, straight from the rewards. Rows are
+// contiguous, so a chunk's responses run as one sequence regardless of row boundaries: 16 per pass
+// in four independent chains (one chain waits ~3 cycles per add), then 4 at a time, then singly.
+__attribute__((target("avx2"))) void means_of_responses_avx2(const float* __restrict r,
+                                                             double* __restrict mean, int64_t count,
+                                                             int64_t e_count) {
   const __m256d denom = _mm256_set1_pd(static_cast<double>(e_count));
   int64_t n = 0;
-  for (; n + 8 <= n_count; n += 8) {
-    const float* r0 = r + n * e_count;
-    const float* r4 = r0 + 4 * e_count;
-    __m256d s0 = _mm256_setzero_pd(), s4 = _mm256_setzero_pd();
-    int64_t e = 0;
-    for (; e + 4 <= e_count; e += 4) {
-      __m256d h0[4], h4[4];
-      widen_block(r0, e_count, e, h0);
-      widen_block(r4, e_count, e, h4);
-      for (int j = 0; j < 4; ++j) {
-        s0 = _mm256_add_pd(s0, h0[j]);
-        s4 = _mm256_add_pd(s4, h4[j]);
-      }
-    }
-    for (; e < e_count; ++e) {
-      const float* q = r0 + e;
-      s0 = _mm256_add_pd(s0, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
-      q = r4 + e;
-      s4 = _mm256_add_pd(s4, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
-    }
-    _mm256_storeu_pd(mean + n, _mm256_div_pd(s0, denom));
-    _mm256_storeu_pd(mean + n + 4, _mm256_div_pd(s4, denom));
+  for (; n + 16 <= count; n += 16) {
+    __m256d s[4];
+    sum_heads_avx2<4>(r + n * e_count, e_count, s);
+    for (int c = 0; c < 4; ++c) _mm256_storeu_pd(mean + n + 4 * c, _mm256_div_pd(s[c], denom));
   }
-  for (; n + 4 <= n_count; n += 4) {
-    const float* r0 = r + n * e_count;
-    __m256d s0 = _mm256_setzero_pd();
-    int64_t e = 0;
-    for (; e + 4 <= e_count; e += 4) {
-      __m256d h0[4];
-      widen_block(r0, e_count, e, h0);
-      for (int j = 0; j < 4; ++j) s0 = _mm256_add_pd(s0, h0[j]);
-    }
-    for (; e < e_count; ++e) {
-      const float* q = r0 + e;
-      s0 = _mm256_add_pd(s0, _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
-    }
-    _mm256_storeu_pd(mean + n, _mm256_div_pd(s0, denom));
+  for (; n + 4 <= count; n += 4) {
+    __m256d s[1];
+    sum_heads_avx2<1>(r + n * e_count, e_count, s);
+    _mm256_storeu_pd(mean + n, _mm256_div_pd(s[0], denom));
   }
-  for (; n < n_count; ++n) {
+  for (; n < count; ++n) {
     double s0 = 0.0;
     for (int64_t e = 0; e < e_count; ++e) s0 += static_cast<double>(r[n * e_count + e]);
     mean[n] = s0 / static_cast<double>(e_count);
   }
-  for (; n < n_padded; ++n) mean[n] = 0.0;
 }
 
 // Checked once at load; __builtin_cpu_init first, since static initialisers of a shared library
@@ -370,7 +365,8 @@ struct Scratch {
   int64_t n_count, n_padded, e_count;
   bool keep_rows;                          // whether the rules read t (bai-ts, uncertainty)
   std::vector<float> t;                    // [kChunk, E, P] the chunk's rows, head-major, zero padded
-  std::vector<double> means;               // [kChunk, P]
+  std::vector<double> means;               // [kChunk, mean_stride]
+  int64_t mean_stride;                     // P, or N where the means come straight from the rows
   const float* row_t = nullptr;            // the current row's slices of t and means
   const double* mean = nullptr;
   std::vector<double> centred, acc;        // [E, P], [P] (bai-ts; centred also for uncertainty)
@@ -381,14 +377,10 @@ struct Scratch {
   Scratch(int64_t b, int64_t n, int64_t e, Strategy strategy)
       : n_count(n), n_padded((n + 3) & ~int64_t{3}), e_count(e),
         keep_rows(strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty),
-        order(e > 0 ? e - 1 : 0), masked(n) {
+        mean_stride(means_from_rows() ? n : n_padded), order(e > 0 ? e - 1 : 0), masked(n) {
     if (averages_every_response(strategy)) {
       const int64_t rows = std::min(b, kChunk);
-#if FASTALIGN_AVX2_PATH
-      if (keep_rows || !kHaveAvx2) t.resize(rows * e * n_padded);
-#else
-      t.resize(rows * e * n_padded);
-#endif
+      if (!means_from_rows()) t.resize(rows * e * n_padded);
       means.resize(rows * n_padded);
     }
     if (strategy == Strategy::BaiTs || strategy == Strategy::Uncertainty) centred.assign(n_padded * e, 0.0);
@@ -399,17 +391,24 @@ struct Scratch {
     }
   }
 
+  // Rules that read only the means skip the head-major copy where AVX2 can sum the rows directly.
+  bool means_from_rows() const {
+#if FASTALIGN_AVX2_PATH
+    return !keep_rows && kHaveAvx2;
+#else
+    return false;
+#endif
+  }
+
   // Means of rows [b0, b1) (at most kChunk). NaN or inf anywhere in a row makes one of its means
   // non-finite (float32 values cannot overflow a float64 sum), so the return value validates the
   // rows at no extra pass over the data: false when some value is not finite.
   bool fill_chunk(const float* rewards, int64_t b0, int64_t b1) {
     const int64_t row_size = n_count * e_count, t_size = e_count * n_padded;
 #if FASTALIGN_AVX2_PATH
-    if (!keep_rows && kHaveAvx2) {  // only the means are needed: skip the head-major copy
-      for (int64_t b = b0; b < b1; ++b)
-        means_from_row_avx2(rewards + b * row_size, means.data() + (b - b0) * n_padded, n_count,
-                            n_padded, e_count);
-      return all_finite(means.data(), (b1 - b0) * n_padded);
+    if (means_from_rows()) {
+      means_of_responses_avx2(rewards + b0 * row_size, means.data(), (b1 - b0) * n_count, e_count);
+      return all_finite(means.data(), (b1 - b0) * n_count);
     }
 #endif
     for (int64_t b = b0; b < b1; ++b) {
@@ -423,7 +422,7 @@ struct Scratch {
   // Point at row k of the chunk.
   void use_row(int64_t k) {
     row_t = t.data() + k * e_count * n_padded;
-    mean = means.data() + k * n_padded;
+    mean = means.data() + k * mean_stride;
   }
 
   void fill_centred() { centre_head_major(row_t, mean, centred.data(), n_padded, e_count); }
@@ -456,7 +455,7 @@ Choice mean_margin(const Scratch& s, int64_t first, int64_t second) {
 }
 
 // The pair only; its score comes from passive_scores once the whole chunk is picked.
-Choice select_passive(const Row& row, RowRng& rng) {
+Choice select_passive(const Row& row, RowRng rng) {
   Choice c;
   c.first = rng.below(row.responses());
   c.second = row.kth_excluding(rng.below(row.count_excluding(c.first)), c.first);
@@ -536,28 +535,86 @@ int64_t argmax_of(const T* __restrict x, int64_t count) {
   return n;
 }
 
+#if FASTALIGN_AVX2_PATH
+// argmax_of for count >= 4 doubles: the maximum four lanes at a time (the last, partial vector
+// overlaps the one before: max is idempotent), then the first vector holding it.
+__attribute__((target("avx2"))) int64_t argmax_avx2(const double* __restrict x, int64_t count) {
+  __m256d m = _mm256_loadu_pd(x);
+  for (int64_t n = 4; n + 4 <= count; n += 4) m = _mm256_max_pd(m, _mm256_loadu_pd(x + n));
+  m = _mm256_max_pd(m, _mm256_loadu_pd(x + count - 4));
+  __m128d h = _mm_max_pd(_mm256_castpd256_pd128(m), _mm256_extractf128_pd(m, 1));
+  h = _mm_max_pd(h, _mm_unpackhi_pd(h, h));
+  const __m256d best = _mm256_set1_pd(_mm_cvtsd_f64(h));
+  int64_t n = 0;
+  for (; n + 4 <= count; n += 4) {
+    const int hits = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(x + n), best, _CMP_EQ_OQ));
+    if (hits) return n + __builtin_ctz(static_cast<unsigned>(hits));
+  }
+  const double b = _mm_cvtsd_f64(h);
+  while (!(x[n] == b)) ++n;
+  return n;
+}
+
+// masked[n] = -inf where response n is identical to `first`, else x[n] (or -x[n] when negate).
+__attribute__((target("avx2"))) void mask_available_avx2(const int64_t* __restrict ids,
+                                                         const double* __restrict x, int64_t count,
+                                                         int64_t first, bool negate,
+                                                         double* __restrict masked) {
+  const __m256d unavailable = _mm256_set1_pd(-std::numeric_limits<double>::infinity());
+  const __m256d sign = _mm256_set1_pd(negate ? -0.0 : 0.0);  // xor flips the sign bit: exact negation
+  const __m256i key = _mm256_set1_epi64x(ids ? ids[first] : first);
+  __m256i index = _mm256_setr_epi64x(0, 1, 2, 3);
+  const __m256i step = _mm256_set1_epi64x(4);
+  int64_t n = 0;
+  for (; n + 4 <= count; n += 4, index = _mm256_add_epi64(index, step)) {
+    const __m256i who = ids ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids + n)) : index;
+    const __m256d same = _mm256_castsi256_pd(_mm256_cmpeq_epi64(who, key));
+    const __m256d v = _mm256_xor_pd(_mm256_loadu_pd(x + n), sign);
+    _mm256_storeu_pd(masked + n, _mm256_blendv_pd(v, unavailable, same));
+  }
+  for (; n < count; ++n) {
+    const bool same = ids ? ids[n] == ids[first] : n == first;
+    masked[n] = same ? -std::numeric_limits<double>::infinity() : (negate ? -x[n] : x[n]);
+  }
+}
+#endif
+
+// Lowest index of the largest of count doubles (see argmax_of).
+int64_t argmax_doubles(const double* x, int64_t count) {
+#if FASTALIGN_AVX2_PATH
+  if (kHaveAvx2 && count >= 4) return argmax_avx2(x, count);
+#endif
+  return argmax_of(x, count);
+}
+
 // Lowest-index argmax over responses not identical to `first` (the others count as -inf, as in the
 // reference) of x, or of -x when `negate` (then it is the lowest-index argmin of x).
 int64_t argmax_available(const Row& row, const double* x, int64_t first, bool negate, double* masked) {
+#if FASTALIGN_AVX2_PATH
+  if (kHaveAvx2) {
+    mask_available_avx2(row.ids(), x, row.responses(), first, negate, masked);
+    return argmax_doubles(masked, row.responses());
+  }
+#endif
   const double unavailable = -std::numeric_limits<double>::infinity();
   for (int64_t n = 0; n < row.responses(); ++n)
     masked[n] = row.same(n, first) ? unavailable : (negate ? -x[n] : x[n]);
   return argmax_of(masked, row.responses());
 }
 
-Choice select_best_of_n(const Row& row, Scratch& s, RowRng& rng) {
-  const int64_t first = argmax_of(s.mean, row.responses());
+Choice select_best_of_n(const Row& row, Scratch& s, RowRng rng) {
+  const int64_t first = argmax_doubles(s.mean, row.responses());
   const int64_t second = row.kth_excluding(rng.below(row.count_excluding(first)), first);
   return mean_margin(s, first, second);
 }
 
 Choice select_best_worst(const Row& row, Scratch& s) {
-  const int64_t first = argmax_of(s.mean, row.responses());
+  const int64_t first = argmax_doubles(s.mean, row.responses());
   const int64_t second = argmax_available(row, s.mean, first, /*negate=*/true, s.masked.data());
   return mean_margin(s, first, second);
 }
 
-Choice select_ee_ts(const Row& row, Scratch& s, RowRng& rng) {
+Choice select_ee_ts(const Row& row, Scratch& s, RowRng rng) {
   const int64_t e_count = row.heads();
   Choice c;
   c.head1 = rng.below(e_count);
@@ -582,7 +639,7 @@ Choice select_ee_ts(const Row& row, Scratch& s, RowRng& rng) {
   return c;
 }
 
-Choice select_bai_ts(const Row& row, Scratch& s, RowRng& rng) {
+Choice select_bai_ts(const Row& row, Scratch& s, RowRng rng) {
   const int64_t n_count = row.responses();
   Choice c;
   c.head1 = rng.below(row.heads());
@@ -612,14 +669,16 @@ Choice select_uncertainty(const Row& row, const Scratch& s, int64_t k) {
   return c;
 }
 
-Choice select_row(const Row& row, Scratch& s, Strategy strategy, RowRng& rng) {
+// Row b's pick; its random stream is seeded only for the rules that draw from it.
+Choice select_row(const Row& row, Scratch& s, Strategy strategy, uint64_t seed, int64_t b) {
+  const auto stream = [seed, b] { return RowRng(seed, static_cast<uint64_t>(b)); };
   switch (strategy) {
-    case Strategy::Passive: return select_passive(row, rng);
-    case Strategy::EeTs: return select_ee_ts(row, s, rng);
-    case Strategy::BaiTs: return select_bai_ts(row, s, rng);
+    case Strategy::Passive: return select_passive(row, stream());
+    case Strategy::EeTs: return select_ee_ts(row, s, stream());
+    case Strategy::BaiTs: return select_bai_ts(row, s, stream());
     case Strategy::Uncertainty: break;  // grouped: see select_group
     case Strategy::BestWorst: return select_best_worst(row, s);
-    case Strategy::BestOfN: return select_best_of_n(row, s, rng);
+    case Strategy::BestOfN: return select_best_of_n(row, s, stream());
   }
   throw std::logic_error("select_row cannot run the grouped uncertainty rule");
 }
@@ -748,8 +807,7 @@ void select_pairs(const float* rewards, const int64_t* ids, int64_t B, int64_t N
         choices[b - c0] = Choice();
         if (!row.has_two_distinct()) continue;
         if (by_means) scratch.use_row(b - c0);
-        RowRng rng(seed, static_cast<uint64_t>(b));
-        choices[b - c0] = select_row(row, scratch, strategy, rng);
+        choices[b - c0] = select_row(row, scratch, strategy, seed, b);
       }
       if (strategy == Strategy::Passive) passive_scores(rewards, c0, c1 - c0, N, E, choices);
     }

@@ -171,7 +171,8 @@ def test_rng_streams_match() -> None:
     assert len(set(drawn.ravel().tolist())) == drawn.size
 
 
-@pytest.mark.parametrize("shape", [(1, 2, 1), (5, 2, 3), (7, 3, 1), (16, 20, 20), (9, 11, 5), (3, 33, 7), (0, 4, 2)])
+@pytest.mark.parametrize("shape", [(1, 2, 1), (5, 2, 3), (7, 3, 1), (16, 20, 20), (9, 11, 5), (3, 33, 7), (0, 4, 2),
+                                   (40, 7, 9), (18, 4, 4)])  # past one 16-row chunk, N not a multiple of 4
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_cpp_equals_numpy_exactly(shape: tuple[int, int, int], strategy: str) -> None:
     g = np.random.default_rng(sum(shape) * 31 + STRATEGIES.index(strategy))
