@@ -29,6 +29,61 @@ namespace {
 
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
 
+// The hot loops are also built for AVX2 and picked at load time when the CPU has it. The AVX2
+// target does not include FMA, so the rounding stays identical to the baseline build.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
+#define FASTALIGN_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#define FASTALIGN_AVX2_PATH 1
+#else
+#define FASTALIGN_SIMD_CLONES
+#define FASTALIGN_AVX2_PATH 0
+#endif
+
+#if FASTALIGN_AVX2_PATH
+// Checked once at load; __builtin_cpu_init first, since static initialisers of a shared library
+// may run before libgcc has filled in the CPU model.
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+const bool kHaveAvx2 = cpu_has_avx2();
+
+// Bit j set where ids[n + j] != key, for the 4 ids from n (every AVX2 CPU has POPCNT too).
+__attribute__((target("avx2,popcnt"))) inline unsigned others_in_block(const int64_t* ids, __m256i key) {
+  const __m256i same = _mm256_cmpeq_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids)), key);
+  return ~static_cast<unsigned>(_mm256_movemask_pd(_mm256_castsi256_pd(same))) & 0xFu;
+}
+
+// How many of ids[0..count) differ from key.
+__attribute__((target("avx2,popcnt"))) int64_t count_others_avx2(const int64_t* ids, int64_t count,
+                                                                 int64_t key) {
+  const __m256i k = _mm256_set1_epi64x(key);
+  int64_t others = 0, n = 0;
+  for (; n + 4 <= count; n += 4) others += __builtin_popcount(others_in_block(ids + n, k));
+  for (; n < count; ++n) others += ids[n] != key ? 1 : 0;
+  return others;
+}
+
+// The index of the k-th (0-based) id differing from key, or -1 when there are not that many.
+__attribute__((target("avx2,popcnt"))) int64_t kth_other_avx2(const int64_t* ids, int64_t count,
+                                                              int64_t key, int64_t k) {
+  const __m256i key4 = _mm256_set1_epi64x(key);
+  int64_t n = 0;
+  for (; n + 4 <= count; n += 4) {
+    unsigned others = others_in_block(ids + n, key4);
+    const int64_t in_block = __builtin_popcount(others);
+    if (k < in_block) {
+      for (; k > 0; --k) others &= others - 1;  // drop the lowest set bits before the k-th
+      return n + __builtin_ctz(others);
+    }
+    k -= in_block;
+  }
+  for (; n < count; ++n)
+    if (ids[n] != key && k-- == 0) return n;
+  return -1;
+}
+#endif
+
 // A view of one prompt's rewards [N, E] and identity ids [N].
 class Row {
  public:
@@ -68,6 +123,9 @@ class Row {
   // The k-th (0-based, ascending index) response not identical to `first`.
   int64_t kth_excluding(int64_t k, int64_t first) const {
     if (!id_) return k < first ? k : k + 1;
+#if FASTALIGN_AVX2_PATH
+    if (kHaveAvx2) return kth_other_avx2(id_, n_, id_[first], k);
+#endif
     for (int64_t n = 0; n < n_; ++n) {
       if (same(n, first)) continue;
       if (k-- == 0) return n;
@@ -77,6 +135,9 @@ class Row {
 
   int64_t count_excluding(int64_t first) const {
     if (!id_) return n_ - 1;
+#if FASTALIGN_AVX2_PATH
+    if (kHaveAvx2) return count_others_avx2(id_, n_, id_[first]);
+#endif
     const int64_t id = id_[first];
     int64_t count = 0;
     for (int64_t n = 0; n < n_; ++n) count += id_[n] != id ? 1 : 0;
@@ -93,16 +154,6 @@ class Row {
   const int64_t* id_;
   int64_t n_, e_;
 };
-
-// The hot loops are also built for AVX2 and picked at load time when the CPU has it. The AVX2
-// target does not include FMA, so the rounding stays identical to the baseline build.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
-#define FASTALIGN_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
-#define FASTALIGN_AVX2_PATH 1
-#else
-#define FASTALIGN_SIMD_CLONES
-#define FASTALIGN_AVX2_PATH 0
-#endif
 
 // Rows handled together by the uncertainty kernel: one vector of 4 doubles spans the group.
 constexpr int64_t kGroup = 4;
@@ -319,13 +370,6 @@ __attribute__((target("avx2"))) void means_of_responses_avx2(const float* __rest
   }
 }
 
-// Checked once at load; __builtin_cpu_init first, since static initialisers of a shared library
-// may run before libgcc has filled in the CPU model.
-bool cpu_has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
-}
-const bool kHaveAvx2 = cpu_has_avx2();
 #endif
 
 // c[e * P + n] = t[e * P + n] - mean[n], the head-major centred rewards.
