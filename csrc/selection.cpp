@@ -306,12 +306,12 @@ void means_head_major(const float* __restrict t, double* __restrict mean, int64_
 }
 
 #if FASTALIGN_AVX2_PATH
-// 4 responses x 4 heads from the row: lanes k = head e + k's rewards of the 4 responses, as doubles.
+// 4 responses x 4 heads: out[j] holds head e + j of responses p0..p3 (one per lane), as doubles.
 // Half a transpose (unpack) then widening and 128-bit lane swaps: no trip through memory.
-__attribute__((target("avx2"))) inline void widen_block(const float* r0, int64_t e_count, int64_t e,
-                                                       __m256d out[4]) {
-  const __m128 x0 = _mm_loadu_ps(r0 + e), x1 = _mm_loadu_ps(r0 + e_count + e);
-  const __m128 x2 = _mm_loadu_ps(r0 + 2 * e_count + e), x3 = _mm_loadu_ps(r0 + 3 * e_count + e);
+__attribute__((target("avx2"))) inline void widen_block(const float* p0, const float* p1, const float* p2,
+                                                       const float* p3, int64_t e, __m256d out[4]) {
+  const __m128 x0 = _mm_loadu_ps(p0 + e), x1 = _mm_loadu_ps(p1 + e);
+  const __m128 x2 = _mm_loadu_ps(p2 + e), x3 = _mm_loadu_ps(p3 + e);
   const __m256d a = _mm256_cvtps_pd(_mm_unpacklo_ps(x0, x1));  // heads e, e+1 of responses 0, 1
   const __m256d b = _mm256_cvtps_pd(_mm_unpacklo_ps(x2, x3));  // heads e, e+1 of responses 2, 3
   const __m256d c = _mm256_cvtps_pd(_mm_unpackhi_ps(x0, x1));  // heads e+2, e+3 of responses 0, 1
@@ -322,25 +322,40 @@ __attribute__((target("avx2"))) inline void widen_block(const float* r0, int64_t
   out[3] = _mm256_permute2f128_pd(c, d, 0x31);
 }
 
-// Sums over heads of 4 * chains consecutive responses starting at r (as rows of E floats), one
-// vector chain of adds per 4 responses, each response adding its heads in order e = 0..E-1.
-template <int chains>
-__attribute__((target("avx2"))) inline void sum_heads_avx2(const float* __restrict r, int64_t e_count,
-                                                           __m256d s[chains]) {
+// Sums over heads of 4 * chains responses, response k's E floats at row(k): one vector chain of adds
+// per 4 responses (chains run side by side to hide the add latency), each response adding its heads
+// in order e = 0..E-1.
+template <int chains, typename RowAt>
+__attribute__((target("avx2"))) inline void sum_heads_avx2(RowAt row, int64_t e_count, __m256d s[chains]) {
   for (int c = 0; c < chains; ++c) s[c] = _mm256_setzero_pd();
   int64_t e = 0;
   for (; e + 4 <= e_count; e += 4) {
     for (int c = 0; c < chains; ++c) {
       __m256d h[4];
-      widen_block(r + 4 * c * e_count, e_count, e, h);
+      widen_block(row(4 * c), row(4 * c + 1), row(4 * c + 2), row(4 * c + 3), e, h);
       for (int j = 0; j < 4; ++j) s[c] = _mm256_add_pd(s[c], h[j]);
     }
   }
-  for (; e < e_count; ++e) {
-    for (int c = 0; c < chains; ++c) {
-      const float* q = r + 4 * c * e_count + e;
-      s[c] = _mm256_add_pd(s[c], _mm256_set_pd(q[3 * e_count], q[2 * e_count], q[e_count], q[0]));
-    }
+  for (; e < e_count; ++e)
+    for (int c = 0; c < chains; ++c)
+      s[c] = _mm256_add_pd(s[c], _mm256_set_pd(row(4 * c + 3)[e], row(4 * c + 2)[e], row(4 * c + 1)[e],
+                                               row(4 * c)[e]));
+}
+
+// out[i] = sum over heads, in order, of double(p[i][e]) (the picked responses of passive_scores).
+__attribute__((target("avx2"))) void sum_picked_avx2(const float* const* p, int64_t count,
+                                                     int64_t e_count, double* out) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    __m256d s[2];
+    sum_heads_avx2<2>([p, i](int k) { return p[i + k]; }, e_count, s);
+    _mm256_storeu_pd(out + i, s[0]);
+    _mm256_storeu_pd(out + i + 4, s[1]);
+  }
+  for (; i < count; ++i) {
+    double s0 = 0.0;
+    for (int64_t e = 0; e < e_count; ++e) s0 += static_cast<double>(p[i][e]);
+    out[i] = s0;
   }
 }
 
@@ -355,12 +370,14 @@ __attribute__((target("avx2"))) void means_of_responses_avx2(const float* __rest
   int64_t n = 0;
   for (; n + 16 <= count; n += 16) {
     __m256d s[4];
-    sum_heads_avx2<4>(r + n * e_count, e_count, s);
+    const float* first = r + n * e_count;
+    sum_heads_avx2<4>([first, e_count](int k) { return first + k * e_count; }, e_count, s);
     for (int c = 0; c < 4; ++c) _mm256_storeu_pd(mean + n + 4 * c, _mm256_div_pd(s[c], denom));
   }
   for (; n + 4 <= count; n += 4) {
     __m256d s[1];
-    sum_heads_avx2<1>(r + n * e_count, e_count, s);
+    const float* first = r + n * e_count;
+    sum_heads_avx2<1>([first, e_count](int k) { return first + k * e_count; }, e_count, s);
     _mm256_storeu_pd(mean + n, _mm256_div_pd(s[0], denom));
   }
   for (; n < count; ++n) {
@@ -509,6 +526,9 @@ Choice select_passive(const Row& row, RowRng rng) {
 // out[i] = sum over heads, in order e = 0..E-1, of double(p[i][e]). Eight responses at a time: each
 // sum is one chain of dependent adds, so running eight side by side hides the add latency.
 void sum_heads(const float* const* p, int64_t count, int64_t e_count, double* out) {
+#if FASTALIGN_AVX2_PATH
+  if (kHaveAvx2) return sum_picked_avx2(p, count, e_count, out);
+#endif
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
     const float *p0 = p[i], *p1 = p[i + 1], *p2 = p[i + 2], *p3 = p[i + 3];
