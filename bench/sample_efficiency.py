@@ -154,6 +154,13 @@ def run_all(todo: list[RunConfig], jobs: int) -> dict[str, float]:
         return dict(pool.map(one, enumerate(todo, 1)))
 
 
+def training_done(cfg: RunConfig) -> dict[str, float]:
+    """Rounds (= policy updates) and pairs trained on: mixed preference learning adds model-labelled
+    pairs and rounds within the same query budget, so methods differ in training as well as queries."""
+    summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+    return {"rounds": float(summary["rounds"]), "pairs_trained": float(summary["pairs_trained"])}
+
+
 def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     rows = read_metrics(Path(cfg.output_dir) / "metrics.jsonl", kind="eval")
     return np.array([r["queries"] for r in rows], float), np.array([r["win_rate"] for r in rows], float)
@@ -233,6 +240,9 @@ def table(result: dict, seeds: dict[str, int]) -> str:
     head = ["method", "seeds", "final win % (±95%)"] + [f"queries to {float(t):.0%}" for t in thresholds]
     if "headline" in result:
         head.append(f"queries to passive's final ({100 * result['headline']['target']:.1f}%)")
+    with_training = all("training" in v for v in result["methods"].values())
+    if with_training:
+        head += ["rounds (= updates)", "pairs trained"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda q: "—" if q is None else f"{q:.0f}"  # noqa: E731
     for m, v in result["methods"].items():
@@ -240,6 +250,8 @@ def table(result: dict, seeds: dict[str, int]) -> str:
         cells += [fmt(result["queries_to_reach"][m][t]) for t in thresholds]
         if "headline" in result:
             cells.append(fmt(result["headline"]["queries"][m]))
+        if with_training:
+            cells += [f"{v['training']['rounds']:.0f}", f"{v['training']['pairs_trained']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"(budget {grid[-1]:.0f} queries; '—' = not reached within it)")
     return "\n".join(lines)
@@ -258,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     if not methods:
         raise SystemExit("no finished runs to summarise")
     result = summarise(args, methods, {m: [curve(c) for c in done[m]] for m in methods})
+    for m in methods:  # means over the finished seeds
+        runs = [training_done(c) for c in done[m]]
+        result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     first = configs[methods[0]][0]
     result["setup"] = {"argv": sys.argv[1:], "seeds": {m: len(done[m]) for m in methods}, "queries": args.queries,
                        "batch_size": args.batch_size, "sea_samples": args.sea_samples,

@@ -65,6 +65,8 @@ def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, m
     assert result["methods"]["passive"]["mean"][0] == 0.5  # policy == reference before any update
     assert (tmp_path / "se.png").stat().st_size > 1000
     assert "queries to passive's final" in capsys.readouterr().out
+    assert result["methods"]["passive"]["training"] == {"rounds": 2.0, "pairs_trained": pytest.approx(
+        json.loads((tmp_path / "runs" / "passive" / "seed0" / "summary.json").read_text())["pairs_trained"])}
     log = (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime
     assert se.main(argv) == 0  # finished runs are reused, not rerun
     assert (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime == log
