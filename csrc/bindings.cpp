@@ -111,6 +111,7 @@ py::array_t<uint64_t> rng_draws(const py::handle& seed, uint64_t row, py::ssize_
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fastalign C++ extension: pair selection for active exploration (see csrc/selection.h)";
   m.attr("STRATEGIES") = py::tuple(py::cast(fastalign::strategy_names()));
+  m.attr("AVX2") = fastalign::avx2_paths();
   m.def("select_pairs", &select_pairs, py::arg("rewards"), py::arg("ids"), py::arg("strategy"),
         py::arg("seed"),
         "Pick one pair per prompt from rewards [B, N, E] float32 and optional ids [B, N] int64.\n"

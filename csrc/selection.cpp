@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -41,10 +42,12 @@ constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
 
 #if FASTALIGN_AVX2_PATH
 // Checked once at load; __builtin_cpu_init first, since static initialisers of a shared library
-// may run before libgcc has filled in the CPU model.
+// may run before libgcc has filled in the CPU model. FASTALIGN_NO_AVX2=1 takes the baseline paths
+// of the hand-written AVX2 code (the tests run them on AVX2 machines too).
 bool cpu_has_avx2() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
+  const char* off = std::getenv("FASTALIGN_NO_AVX2");
+  return __builtin_cpu_supports("avx2") && !(off && *off && std::strcmp(off, "0") != 0);
 }
 const bool kHaveAvx2 = cpu_has_avx2();
 
@@ -748,6 +751,14 @@ Choice select_row(const Row& row, Scratch& s, Strategy strategy, uint64_t seed, 
 }
 
 }  // namespace
+
+bool avx2_paths() {
+#if FASTALIGN_AVX2_PATH
+  return kHaveAvx2;
+#else
+  return false;
+#endif
+}
 
 const std::vector<std::string>& strategy_names() {
   static const std::vector<std::string> names = {"passive",     "ee-ts",      "bai-ts",

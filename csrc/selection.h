@@ -17,6 +17,9 @@ const std::vector<std::string>& strategy_names();
 // Throws std::invalid_argument (a Python ValueError) naming the accepted strategies.
 Strategy parse_strategy(const std::string& name);
 
+// Whether the hand-written AVX2 paths run (CPU has AVX2 and FASTALIGN_NO_AVX2 is unset or 0).
+bool avx2_paths();
+
 // SplitMix64 finaliser: a bijection on 64-bit words with good avalanche.
 uint64_t mix64(uint64_t z);
 

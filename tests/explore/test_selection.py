@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -188,6 +191,20 @@ def test_cpp_equals_numpy_exactly(shape: tuple[int, int, int], strategy: str) ->
             for got, want, what in zip(cpp, ref, ("pairs", "heads", "scores")):
                 assert got.dtype == want.dtype, what
                 np.testing.assert_array_equal(got, want, err_msg=f"{what} seed={seed} ids={ids is not None}")
+
+
+@pytest.mark.skipif(not _C.AVX2, reason="the baseline paths are the ones running already")
+def test_baseline_paths_equal_numpy_too() -> None:
+    """The hand-written AVX2 code falls back to baseline code on CPUs without AVX2: the parity and
+    known-answer tests again, through the fallbacks (FASTALIGN_NO_AVX2=1)."""
+    env = {**os.environ, "FASTALIGN_NO_AVX2": "1"}
+    switched = subprocess.run([sys.executable, "-c", "from fastalign import _C; print(_C.AVX2)"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert switched.stdout.strip() == "False", switched.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "not baseline_paths and not threads"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_cpp_reads_non_contiguous_inputs() -> None:
