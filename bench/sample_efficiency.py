@@ -222,7 +222,7 @@ def plot(result: dict, path: Path, title: str) -> None:
     for m, v in result["methods"].items():
         mean, half = 100 * np.array(v["mean"]), 100 * np.array(v["ci95"])
         ax.plot(grid, mean, marker="o", ms=3, label=m)
-        ax.fill_between(grid, mean - half, mean + half, alpha=0.15)
+        ax.fill_between(grid, np.clip(mean - half, 0, 100), np.clip(mean + half, 0, 100), alpha=0.15)  # a rate
     ax.axhline(50, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("oracle queries")
     ax.set_ylabel("win rate vs reference (%)")
