@@ -25,7 +25,7 @@ def nan_gradient(learner: PolicyLearner):
     return param.register_hook(lambda g: torch.full_like(g, float("nan")))
 
 
-def nan_loss_in_second_micro_batch(learner: PolicyLearner, monkeypatch):
+def nan_loss_in_second_micro_batch(monkeypatch):
     """The first micro-batch's backward has run (partial gradients exist) when the second one's loss is NaN."""
     real, calls = PolicyLearner._micro_loss, []
 
@@ -50,7 +50,7 @@ def test_bad_step_is_skipped_and_leaves_no_trace(tiny_model_dir, zero_stage, max
     before = weights(learner)
 
     undo = nan_gradient(learner).remove if fault == "nan_gradient" else \
-        nan_loss_in_second_micro_batch(learner, monkeypatch).undo
+        nan_loss_in_second_micro_batch(monkeypatch).undo
     out = learner.step(pairs())
     assert out == {"skipped_nonfinite": 1.0, "skipped_total": 1.0}
     assert learner.steps == 0
