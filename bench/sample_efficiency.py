@@ -45,7 +45,7 @@ METHODS: dict[str, dict] = {
     "bai-ts": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}"},
     "best-worst": {"explore": "best-worst", "samples_per_prompt": "{sea_n}"},
     "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
-    "offline": {"responses_from": "reference"},  # DPO on pairs pre-sampled from the frozen reference
+    "offline": {"algorithm": "offline-dpo"},  # DPO on pairs sampled from the frozen reference
     # the other online algorithms (README "Online algorithms"); SAIL-PP/DP ask no queries, so they have
     # no curve against queries
     "selm": {"algorithm": "selm"},

@@ -201,7 +201,7 @@ def part_bound(args) -> dict:
 
     from fastalign.engine import build_engine
     from fastalign.learner.logprobs import pair_logps
-    from fastalign.learner.losses import LossParams, SequenceLogps, loss_function
+    from fastalign.losses import LossParams, SequenceLogps, dpo
     from fastalign.models import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(args.model_dir)
@@ -228,7 +228,7 @@ def part_bound(args) -> dict:
             logps = pair_logps(policy, *ids, tokenizer.pad_token_id, share_prompt=args.share_prompt)
             b, lengths = len(prompts), torch.tensor([len(r) for r in ids[1] + ids[2]], dtype=torch.float32)
             seq = SequenceLogps(logps[:b], logps[b:], ref[:b], ref[b:], lengths[:b], lengths[b:])
-            loss_function("dpo")(seq, params).mean().backward()
+            dpo(seq, params).mean().backward()
             t3 = time.perf_counter()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -360,7 +360,7 @@ def _yes(value: str) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="packaged default's name or an HF dir")
     p.add_argument("--batch_size", type=int, default=8)
@@ -384,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.warmup < 1 or args.rounds < 1:
         p.error("--warmup and --rounds must be ≥ 1 (a round's wall time is measured from the one before)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
 
     if args.part:  # one contender, maybe one rank of several
         result = run_part(args)

@@ -40,7 +40,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 RESUME_MAY_CHANGE = frozenset({
     "rounds", "max_queries", "time_budget_minutes", "eval_every", "save_final", "tensorboard", "progress",
     "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
-    "oracle_timeout", "oracle_backoff", "threads", "output_dir"})
+    "oracle_timeout", "oracle_backoff", "threads", "output_dir", "dry_run"})
 
 
 class CheckpointError(Exception):
@@ -147,7 +147,8 @@ def check_compatible(path: Path, cfg: RunConfig, world_size: int | None = None) 
              if k not in RESUME_MAY_CHANGE and saved.get(k) != current.get(k)]
     if diffs:
         raise ConfigError(f"cannot resume from {path} with a different config ({'; '.join(diffs)}); only "
-                          f"{', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change on resume")
+                          f"{', '.join(sorted(RESUME_MAY_CHANGE - {'resume'}))} may change on resume; to start "
+                          "another run with these options, give a new --output_dir")
     if world_size is not None and meta["world_size"] != world_size:
         raise ConfigError(f"cannot resume from {path}: it was written by {meta['world_size']} rank(s), this run "
                           f"has {world_size}; launch with --nproc_per_node={meta['world_size']}")

@@ -14,24 +14,18 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOSSES = ("dpo", "cdpo", "robust", "ipo", "slic", "simpo")
-ALGORITHMS = ("online-dpo", "selm", "xpo", "bpo", "sail-pr", "sail-pp", "sail-dp")
-REFERENCE_SAMPLES = ("selm", "xpo")  # need ỹ ~ π_ref each round
-POLICY_LABELS = ("sail-pp", "sail-dp")  # labels from the policy's implicit reward: no oracle queries
-DATASET_RESPONSES = ("sail-dp",)  # responses from the prompt set, not from the policy
-SAIL_SAMPLING = ("exact", "authors")  # SAIL's sampling term: the score-function gradient, or the released code's
 ORACLES = ("vader", "callable", "reward-model", "judge")
 ENGINES = ("auto", "vllm", "hf")
 EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
 ERM_FEATURES = ("minilm", "policy")
-RESPONSE_SOURCES = ("policy", "reference")
 PREFERENCE_MODES = ("deterministic", "bt")
-LOGPROB_IMPLS = ("auto", "fused", "naive")
+LOGPROB_IMPLS = ("auto", "cpu", "triton", "naive")
 BAD_PROMPT_MODES = ("fail", "skip")
 LONG_PROMPT_MODES = ("truncate", "drop")
 DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes it natively
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPTS = "default"
+RESUME_MODES = ("auto", "no")
 
 
 class ConfigError(ValueError):
@@ -78,28 +72,31 @@ class RunConfig:
     mixed_share: float = 0.0  # SEA mixed preference learning: share of prompts labelled by the reward model
     mixed_burn_in: int = 32  # oracle queries before the reward model labels any pair itself
     eval_best_of_n: int = 0  # >0: also judge the best of N sampled responses by the reward model's mean
-    responses_from: str = "policy"  # "reference": pairs sampled from the frozen reference (offline DPO)
-    # --- algorithm (fastalign/learner/algorithms.py: formulas and papers) ---
-    algorithm: str = "online-dpo"  # online-dpo, selm, xpo, bpo, sail-pr, sail-pp, sail-dp
-    selm_alpha: float = 1e-3  # SELM: loss += α·β·(log π(ỹ) − log π_ref(ỹ)), ỹ ~ π_ref
-    xpo_alpha: float = 1e-5  # XPO: loss += α·log π(ỹ), ỹ ~ π_ref
-    sail_coef: float = 0.1  # SAIL: weight λ of the sampling/label gradient terms (1 = exact gradient)
+    # --- algorithm (fastalign/algorithms/: one module each, formulas and papers) ---
+    algorithm: str = "online-dpo"  # online-dpo, offline-dpo, selm, xpo, bpo, sail-pr, sail-pp, sail-dp
+    updates_per_round: int | None = None  # optimiser steps per collected batch; None = the algorithm's (1; bpo 4)
+    selm_alpha: float = 1e-3  # SELM: loss += α·β·(log π(ỹ) − log π_ref(ỹ)), ỹ from π_ref
+    selm_response: str = "sample"  # SELM's ỹ: "sample" from π_ref (the paper), or "greedy" (the authors' code)
+    xpo_alpha: float = 1e-5  # XPO: loss += α·log π(ỹ) on the judged reference sample ỹ
+    sail_share: float | None = None  # SAIL: share of pairs with its extra terms; None = the authors' example
+    sail_coef: float | None = None  # SAIL: coefficient λ of those terms; None = the authors' example
     sail_sampling: str = "exact"  # SAIL sampling term: "exact" score-function gradient, or "authors" (released code)
-    response_field: str = "responses"  # sail-dp: the prompt set's field holding ≥ 2 response strings
+    chosen_field: str = "chosen"  # sail-dp: the prompt set's fields holding each row's preference pair
+    rejected_field: str = "rejected"
     # --- learner ---
     loss: str = "dpo"
     beta: float = 0.1
     label_smoothing: float = 0.0
     simpo_gamma_ratio: float = 0.5
+    discopop_tau: float = 0.05
     learning_rate: float = 5e-5
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 8  # prompts per round = oracle queries per round
     micro_batch_size: int = 8  # pairs per forward/backward
-    updates_per_round: int = 1
     dtype: str = "auto"
     share_prompt: bool = True  # run a pair's prompt once; chosen and rejected continue from its KV cache
-    logprob_impl: str = "auto"  # fused (never materialises logits) / naive; auto = fused unless ZeRO-3
+    logprob_impl: str = "auto"  # LM head + loss: cpu / triton (fused) or naive; auto: Triton on CUDA, naive at ZeRO-3
     zero_stage: int = 0
     deepspeed_config: str | None = None  # a DeepSpeed JSON; overrides the flags it sets
     # --- loop ---
@@ -110,10 +107,11 @@ class RunConfig:
     save_final: bool = True
     tensorboard: bool = True
     progress: bool = True
+    dry_run: bool = False  # check the options, prompts and oracle, print what would run, load no model
     # --- reliability ---
     checkpoint_every: int = 10  # rounds between checkpoints (0 = only on SIGTERM/SIGINT, faults and the end)
     keep_checkpoints: int = 2  # the newest K complete checkpoints are kept
-    resume: str | None = None  # a checkpoint directory, a directory of checkpoints, or "auto" (output_dir's latest)
+    resume: str = "auto"  # "auto": continue output_dir's run if it has one; "no": a fresh run only; or a checkpoint dir
     max_nonfinite_steps: int = 10  # NaN/inf loss or gradient steps skipped before the run stops
 
     # ------------------------------------------------------------------ validation
@@ -123,7 +121,7 @@ class RunConfig:
             raise ConfigError(f"unknown {name} {value!r}: choose one of {', '.join(allowed)}")
 
     def validate(self) -> "RunConfig":
-        self._choice("loss", LOSSES)
+        self._validate_loss()
         self._validate_algorithm()
         self._choice("oracle", ORACLES)
         self._choice("engine", ENGINES)
@@ -131,7 +129,6 @@ class RunConfig:
             raise ConfigError("engine_compile is vLLM's compiled mode: use --engine vllm (or auto), or drop --engine_compile")
         self._choice("explore", EXPLORERS)
         self._choice("erm_features", ERM_FEATURES)
-        self._choice("responses_from", RESPONSE_SOURCES)
         if not 0 <= self.mixed_share < 1:
             raise ConfigError(f"mixed_share must be in [0, 1), got {self.mixed_share}")
         sea_only = {"mixed_share": self.mixed_share > 0, "eval_best_of_n": self.eval_best_of_n != 0}
@@ -152,7 +149,7 @@ class RunConfig:
         self._choice("on_bad_prompt", BAD_PROMPT_MODES)
         self._choice("on_long_prompt", LONG_PROMPT_MODES)
         positive = ("batch_size", "micro_batch_size", "max_new_tokens", "rounds", "eval_every",
-                    "updates_per_round", "max_prompt_tokens", "num_eval_prompts")
+                    "max_prompt_tokens", "num_eval_prompts")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -165,16 +162,13 @@ class RunConfig:
             raise ConfigError("temperature must be > 0 for sampling (use eval for greedy responses)")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.label_smoothing > 0 and self.loss not in ("cdpo", "robust"):
-            raise ConfigError(f"label_smoothing applies to --loss cdpo or robust, not {self.loss!r}")
-        if self.loss in ("cdpo", "robust") and self.label_smoothing == 0:
-            raise ConfigError(f"--loss {self.loss} needs --label_smoothing > 0 (e.g. 0.1)")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.logprob_impl == "fused" and self.zero_stage == 3:
-            raise ConfigError("--logprob_impl fused needs the whole LM head; ZeRO-3 partitions it: "
+        if self.logprob_impl == "triton" and not _triton_can_run():
+            raise ConfigError("--logprob_impl triton runs fastalign's Triton kernels, which need a CUDA device "
+                              "(or Triton's interpreter, TRITON_INTERPRET=1, for tests): use auto or cpu here")
+        if self.logprob_impl in ("cpu", "triton") and self.zero_stage == 3:
+            raise ConfigError(f"--logprob_impl {self.logprob_impl} needs the whole LM head; ZeRO-3 partitions it: "
                               "use --logprob_impl naive (or auto) with --zero_stage 3")
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
@@ -212,39 +206,43 @@ class RunConfig:
             raise ConfigError(f"oracle_timeout must be > 0 seconds (omit it to wait forever), got {self.oracle_timeout}")
         if self.oracle_backoff < 0:
             raise ConfigError(f"oracle_backoff must be ≥ 0 seconds, got {self.oracle_backoff}")
-        if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
-            raise ConfigError(f"--resume {self.resume!r}: no such directory (give a checkpoint directory, "
-                              "a directory of checkpoints, or 'auto' for output_dir's latest)")
+        if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
+            raise ConfigError(f"--resume {self.resume!r}: no such directory (give a checkpoint directory, a "
+                              "directory of checkpoints, 'auto' to continue output_dir's run, or 'no')")
+
+    def _validate_loss(self) -> None:
+        from .losses import LOSSES, loss_spec
+
+        try:
+            spec = loss_spec(self.loss)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if spec.smoothing == "required" and self.label_smoothing == 0:
+            raise ConfigError(f"--loss {self.loss} needs --label_smoothing > 0 (e.g. 0.1)")
+        if spec.smoothing == "unused" and self.label_smoothing > 0:
+            takes = ", ".join(name for name, s in LOSSES.items() if s.smoothing != "unused")
+            raise ConfigError(f"label_smoothing applies to --loss {takes}; not to {self.loss!r}")
+        if not self.discopop_tau > 0:
+            raise ConfigError(f"discopop_tau must be > 0, got {self.discopop_tau}")
 
     def _validate_algorithm(self) -> None:
-        self._choice("algorithm", ALGORITHMS)
-        for name in ("selm_alpha", "xpo_alpha", "sail_coef"):
+        from .algorithms import algorithm_class
+
+        for name in ("selm_alpha", "xpo_alpha"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
-        if self.sail_sampling not in SAIL_SAMPLING:
-            raise ConfigError(f"unknown sail_sampling {self.sail_sampling!r}: choose 'exact' (the score-function "
-                              f"gradient) or 'authors' (the SAIL authors' released code)")
-        if self.algorithm.startswith("sail-") and self.loss != "dpo":
-            raise ConfigError(f"--algorithm {self.algorithm} is defined on the DPO likelihood log σ(βh): "
-                              f"use --loss dpo, not {self.loss!r}")
-        if self.algorithm in POLICY_LABELS and self.explore != "passive":
-            raise ConfigError(f"--algorithm {self.algorithm} labels pairs with the policy itself, so SEA's reward "
-                              f"model gets no oracle labels to learn from: use --explore passive")
-        if self.algorithm in DATASET_RESPONSES and self.prompts == DEFAULT_PROMPTS:
-            raise ConfigError(f"--algorithm {self.algorithm} trains on dataset responses, which the default prompt "
-                              f"set does not have: give --prompts a JSONL whose rows hold a list of ≥ 2 response "
-                              f"strings in the field --response_field ({self.response_field!r})")
-        if self.algorithm == "bpo" and self.erm_features == "policy":
-            raise ConfigError("--algorithm bpo keeps no frozen reference model, whose hidden states "
-                              "--erm_features policy reads: use --erm_features minilm")
-        if self.algorithm != "online-dpo" and self.responses_from == "reference":
-            raise ConfigError(f"--responses_from reference is offline DPO; --algorithm {self.algorithm} is defined "
-                              "on the policy's own samples: drop one of them")
+        if self.updates_per_round is not None and self.updates_per_round < 1:
+            raise ConfigError(f"updates_per_round must be ≥ 1 (or omitted for the algorithm's own), "
+                              f"got {self.updates_per_round}")
+        algorithm_class(self.algorithm).check(self)
 
     # ------------------------------------------------------------------ I/O
     def resolved_logprob_impl(self) -> str:
-        if self.logprob_impl == "auto":
-            return "naive" if self.zero_stage == 3 else "fused"
+        """auto → naive under ZeRO-3, else the fused path dispatched by device (Triton on CUDA, CPU path)."""
+        if self.logprob_impl == "auto" and self.zero_stage == 3:
+            return "naive"
         return self.logprob_impl
 
     def to_dict(self) -> dict:
@@ -279,6 +277,16 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
         return cls.from_dict(data, source=str(path))
+
+
+def _triton_can_run() -> bool:
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _field_type(cls: type, name: str) -> typing.Any:
@@ -322,8 +330,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(RunConfig):
         tp = _field_type(RunConfig, f.name)
         metavar = "BOOL" if tp is bool else tp.__name__.upper()
+        flag = dict(nargs="?", const="true") if tp is bool else {}  # a bare --dry_run means true
         parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                            metavar=metavar, help=f"(default: {getattr(defaults, f.name)!r})")
+                            metavar=metavar, help=f"(default: {getattr(defaults, f.name)!r})", **flag)
     return parser
 
 

@@ -67,14 +67,18 @@ def extrapolate(sft_dir: str | os.PathLike, aligned_dir: str | os.PathLike, alph
     return Path(out_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fastalign extrapolate",
                                      description="ExPO: θ = θ_sft + α(θ_aligned − θ_sft), written as an HF model.")
     parser.add_argument("--sft", required=True, help="the model alignment started from (HF directory)")
     parser.add_argument("--aligned", required=True, help="the aligned model (HF directory), e.g. runs/x/final")
     parser.add_argument("--alpha", required=True, type=float, help="1 = aligned, > 1 extrapolates (e.g. 1.5)")
     parser.add_argument("--out", required=True, help="output directory")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     from .models import resolve_model_dir
 
     try:

@@ -1,8 +1,9 @@
 """One online round — sample → select → query → learn → sync — and the loop around it.
 
 Every stage is a component handed in by `train.py`, so a researcher can swap any of them (another
-explorer, oracle or learner) and keep the rest. Per-stage wall times are logged each round; they are
-what the throughput bench reports.
+explorer, oracle, learner or algorithm) and keep the rest; the algorithm object answers where responses
+come from and who labels them. Per-stage wall times are logged each round; they are what the throughput
+bench reports.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .algorithms import Algorithm
 from .checkpoint import Checkpointer, ProcessRng
-from .config import DATASET_RESPONSES, POLICY_LABELS, REFERENCE_SAMPLES, RunConfig
+from .config import RunConfig
 from .data import PromptStream
 from .engine import GenerationEngine
 from .eval import WinRateEvaluator, plot_win_rate
@@ -24,9 +26,10 @@ from .learner.learner import NonFiniteLossError, PolicyLearner
 from .metrics import MetricsLogger, read_metrics
 from .oracle import Oracle
 from .oracle.durable import OracleFailure
-from .types import Completion, PreferencePair, Prompt
+from .seeding import stream_rng, stream_seed
+from .types import ORACLE, POLICY, REFERENCE, REWARD_MODEL, Completion, PreferencePair, Prompt
 
-STAGES = ("generate", "select", "reference_sample", "oracle", "reward_model", "learn", "sync")  # time/* per round
+STAGES = ("generate", "select", "extra_responses", "oracle", "reward_model", "learn", "sync")  # time/* per round
 
 
 @dataclass
@@ -51,35 +54,37 @@ class LoopState:
         self.eval_round = int(state["eval_round"])
 
 
-def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray,
-               a_wins: np.ndarray, from_oracle: np.ndarray | None = None,
-               reference_samples: list[Completion] | None = None, policy_labels: bool = False) -> list[PreferencePair]:
-    """Chosen/rejected records from the selected indices and their labels (a = idx[:, 0]). With policy_labels
-    the pairs stay in selection order for the learner to label; reference_samples: one ỹ per prompt."""
+def make_pairs(prompts: list[Prompt], completions: list[list[Completion]], idx: np.ndarray, a_wins: np.ndarray,
+               labelled_by: np.ndarray, extra: list[Completion] | None = None) -> list[PreferencePair]:
+    """Chosen/rejected records from the selected indices (a = idx[:, 0]), their labels and who gave them;
+    extra: one more response per prompt for the algorithm's loss (SELM's ỹ)."""
     pairs = []
-    from_oracle = np.ones(len(prompts), dtype=bool) if from_oracle is None else from_oracle
     for k, (p, row) in enumerate(zip(prompts, completions)):
         a, b = row[idx[k, 0]], row[idx[k, 1]]
         chosen, rejected = (a, b) if a_wins[k] else (b, a)
-        pair = PreferencePair(
-            prompt_ids=p.token_ids, chosen_ids=chosen.token_ids, rejected_ids=rejected.token_ids,
-            chosen_text=chosen.text, rejected_text=rejected.text, prompt_text=p.instruction,
-            chosen_behaviour_logprob=chosen.logprob_sum, rejected_behaviour_logprob=rejected.logprob_sum,
-            from_oracle=bool(from_oracle[k]), policy_labels=policy_labels)
-        if reference_samples is not None:
-            pair.extra_ids, pair.extra_ref_logprob = reference_samples[k].token_ids, reference_samples[k].logprob_sum
+        pair = PreferencePair(prompt_ids=p.token_ids, chosen_ids=chosen.token_ids, rejected_ids=rejected.token_ids,
+                              labelled_by=str(labelled_by[k]), chosen_from=chosen.source,
+                              rejected_from=rejected.source)
+        if extra is not None:
+            pair.extra_ids, pair.extra_ref_logprob = extra[k].token_ids, extra[k].logprob_sum
         pairs.append(pair)
     return pairs
 
 
+def fixed_pairs(completions: list[list[Completion]]) -> np.ndarray:
+    """[B, 2] = (0, 1) per row, -1 where the two responses are identical (no preference to learn)."""
+    same = np.array([row[0].token_ids == row[1].token_ids for row in completions], dtype=bool)
+    idx = np.tile(np.array([0, 1]), (len(completions), 1))
+    idx[same] = -1
+    return idx
+
+
 class OnlineLoop:
     def __init__(self, cfg: RunConfig, *, stream: PromptStream, engine: GenerationEngine, explorer, oracle: Oracle,
-                 learner: PolicyLearner, evaluator: WinRateEvaluator, metrics: MetricsLogger, rank: int = 0,
-                 world_size: int = 1, tokenizer=None, dataset_responses: dict[str, list[Completion]] | None = None):
-        if cfg.algorithm in DATASET_RESPONSES and not dataset_responses:
-            raise ValueError(f"--algorithm {cfg.algorithm} needs dataset_responses (prompt instruction → responses)")
-        self.dataset_responses = dataset_responses
+                 learner: PolicyLearner, evaluator: WinRateEvaluator, metrics: MetricsLogger, algorithm: Algorithm,
+                 rank: int = 0, world_size: int = 1, tokenizer=None):
         self.cfg, self.stream, self.engine, self.explorer = cfg, stream, engine, explorer
+        self.algorithm = algorithm
         self.oracle, self.learner, self.evaluator, self.metrics = oracle, learner, evaluator, metrics
         self.rank, self.world_size, self.tokenizer = rank, world_size, tokenizer
         self.state = LoopState()
@@ -92,7 +97,8 @@ class OnlineLoop:
     # ------------------------------------------------------------------ checkpoints
     def enable_checkpoints(self) -> Checkpointer:
         """Checkpoint every cfg.checkpoint_every rounds, on SIGTERM/SIGINT, on a fault and at the end."""
-        components = {"loop": self.state, "stream": self.stream, "explorer": self.explorer, "rng": ProcessRng()}
+        components = {"loop": self.state, "stream": self.stream, "explorer": self.explorer,
+                      "algorithm": self.algorithm, "rng": ProcessRng()}
         if hasattr(self.oracle, "state_dict"):
             components["oracle"] = self.oracle
         self.checkpointer = Checkpointer(self.cfg, self.learner, components, rank=self.rank,
@@ -138,86 +144,101 @@ class OnlineLoop:
                 f"oracle for extreme values; state saved to {saved}")
 
     # ------------------------------------------------------------------ one round
+    def seed_for(self, stream: str) -> int:
+        """This round's seed of a named stream on this rank (fastalign.seeding)."""
+        return stream_seed(self.cfg.seed, stream, self.state.round, self.rank)
+
     def round(self) -> dict[str, float]:
-        cfg, times = self.cfg, {}
+        cfg, algorithm, times = self.cfg, self.algorithm, {}
         t = time.perf_counter()
         prompts = self.stream.next_batch(cfg.batch_size)
-        seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
-        if self.dataset_responses is not None:  # SAIL-DP: the prompt set's own responses
-            completions = [self.dataset_responses[p.instruction] for p in prompts]
-        else:
-            if cfg.responses_from == "reference":  # offline DPO: pairs from the frozen reference
-                self.load_engine("reference")
-            completions = self._generate(prompts, seed)
+        completions = algorithm.sample(self, prompts, self.seed_for)
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
-        idx = self.explorer.select(prompts, completions, queries=self.state.queries)
+        idx = fixed_pairs(completions) if algorithm.fixed_pair else self.explorer.select(
+            prompts, completions, queries=self.state.queries)
+        by_model = (np.zeros(len(prompts), dtype=bool) if algorithm.fixed_pair else self.explorer.model_labelled)
         keep = np.flatnonzero(idx[:, 0] >= 0)  # rows whose responses were all identical have no pair
-        prompts, completions, idx = [prompts[k] for k in keep], [completions[k] for k in keep], idx[keep]
-        by_model = self.explorer.model_labelled[keep]  # mixed preference: labelled by the reward model
+        prompts, completions, idx, by_model = [prompts[k] for k in keep], [completions[k] for k in keep], idx[keep], by_model[keep]
+        labelled_by = algorithm.label_sources(len(prompts), stream_rng(cfg.seed, "label-sources", self.state.round,
+                                                                       self.rank))
+        labelled_by[by_model] = REWARD_MODEL  # SEA mixed preference: the reward model's confident pair
         times["select"], t = time.perf_counter() - t, time.perf_counter()
 
-        reference_samples = None
-        if cfg.algorithm in REFERENCE_SAMPLES:  # SELM/XPO: ỹ ~ π_ref with the reference's weights in the engine
-            reference_samples = self._reference_samples(prompts, seed + 500_000_017)
-            times["reference_sample"], t = time.perf_counter() - t, time.perf_counter()
+        extra = algorithm.extra_responses(self, prompts, self.seed_for) if prompts else None
+        times["extra_responses"], t = time.perf_counter() - t, time.perf_counter()
 
-        # asked: the rows the oracle labels; SAIL-PP/DP's learner and mixed preference's reward model label the rest
-        asked = np.zeros(0, dtype=int) if cfg.algorithm in POLICY_LABELS else np.flatnonzero(~by_model)
+        asked = np.flatnonzero(labelled_by == ORACLE)
         pref = self.oracle.compare([prompts[k].instruction for k in asked],
                                    [completions[k][idx[k, 0]].text for k in asked],
                                    [completions[k][idx[k, 1]].text for k in asked])
+        # the reward model's, the dataset's and (until the learner draws it) the policy's label: a ≻ b
         a_wins, informative = np.ones(len(prompts), dtype=bool), np.ones(len(prompts), dtype=bool)
         a_wins[asked], informative[asked] = pref.a_wins, pref.prob_a != 0.5  # a tie carries no preference
         times["oracle"], t = time.perf_counter() - t, time.perf_counter()
 
-        explore_metrics = self.explorer.observe(keep, idx, a_wins, informative & ~by_model)
+        explore_metrics = ({} if algorithm.fixed_pair else
+                           self.explorer.observe(keep, idx, a_wins, informative & (labelled_by == ORACLE)))
         times["reward_model"], t = time.perf_counter() - t, time.perf_counter()
 
-        pairs = make_pairs(prompts, completions, idx, a_wins, from_oracle=~by_model,
-                           reference_samples=reference_samples, policy_labels=cfg.algorithm in POLICY_LABELS)
-        if self.world_size == 1:  # drop ties; ranks in a group keep them at weight 0 to stay in step
-            pairs = [p for p, keep_it in zip(pairs, informative) if keep_it]
-            weights = [1.0] * len(pairs)
-        else:
-            weights = informative.astype(float).tolist()
-        train_metrics = self.learner.step(pairs, weights) if sum(weights) > 0 or self.world_size > 1 else {}
+        pairs = [p for p, keep_it in zip(make_pairs(prompts, completions, idx, a_wins, labelled_by, extra), informative)
+                 if keep_it]
+        train_metrics = self.learner.learn(pairs) if pairs or self.world_size > 1 else {}
         times["learn"], t = time.perf_counter() - t, time.perf_counter()
 
-        if cfg.responses_from == "policy":  # the new policy, or back from the reference after ỹ ~ π_ref
-            self.load_engine("policy")
+        self.load_engine("policy")  # the new policy, or back from the reference's weights
         times["sync"] = time.perf_counter() - t
 
         self.state.round += 1
         self.state.queries = int(all_reduce_sum(self.oracle.queries))
-        self.state.pairs_trained += len(pairs)
-        ties = int((~informative).sum())
-        self.state.ties += ties
+        counts = {"pairs": len(pairs), "ties": int((~informative).sum()), "model_labelled": int(by_model.sum()),
+                  "policy_labelled": int(sum(p.labelled_by == POLICY for p in pairs))}
+        counts = {k: int(all_reduce_sum(v)) for k, v in counts.items()}  # over all ranks
+        self.state.pairs_trained += counts["pairs"]
+        self.state.ties += counts["ties"]
         total = sum(times.values())
         row = {"round": self.state.round, **train_metrics, **explore_metrics,
                **{f"time/{k}": v for k, v in times.items()},
-               "pairs_per_sec": len(prompts) * self.world_size / total, "ties": ties,
-               "model_labelled": int(by_model.sum()),
-               "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))}
+               "pairs_per_sec": len(prompts) * self.world_size / total, **counts,
+               "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))
+               if completions else 0.0}
         self.metrics.log("train", self.state.queries, row)
         return row
 
-    def _generate(self, prompts: list[Prompt], seed: int, n: int | None = None) -> list[list[Completion]]:
-        """n samples per prompt (default samples_per_prompt); an engine failure names the round and the batch."""
+    # ------------------------------------------------------------------ the Sampler the algorithm draws from
+    def policy(self, prompts: list[Prompt], n: int, seed: int) -> list[list[Completion]]:
+        self.load_engine("policy")
+        return self._generate(prompts, seed, n, POLICY)
+
+    def reference(self, prompts: list[Prompt], n: int, seed: int) -> list[list[Completion]]:
+        """Samples of the frozen reference: its weights go into the engine (no second model copy); the
+        round's sync puts the policy's back. Their log-probs are then log π_ref, raw, at temperature 1."""
+        self.load_engine("reference")
+        return self._generate(prompts, seed, n, REFERENCE)
+
+    def reference_greedy(self, prompts: list[Prompt]) -> list[Completion]:
+        self.load_engine("reference")
+        return [self._mark(c, REFERENCE) for c in self._engine_call(prompts, lambda ids: self.engine.greedy(
+            ids, max_new_tokens=self.cfg.max_new_tokens))]
+
+    def _generate(self, prompts: list[Prompt], seed: int, n: int, source: str) -> list[list[Completion]]:
         cfg = self.cfg
+        rows = self._engine_call(prompts, lambda ids: self.engine.generate(
+            ids, n=n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed))
+        return [[self._mark(c, source) for c in row] for row in rows]
+
+    @staticmethod
+    def _mark(c: Completion, source: str) -> Completion:
+        c.source = source
+        return c
+
+    def _engine_call(self, prompts: list[Prompt], call):
+        """An engine call on the prompts' token ids; a failure names the round and the batch."""
         try:
-            return self.engine.generate([p.token_ids for p in prompts], n=n or cfg.samples_per_prompt,
-                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                        top_p=cfg.top_p, seed=seed)
+            return call([p.token_ids for p in prompts])
         except Exception as exc:  # noqa: BLE001 — any engine failure is reported with its batch
             batch = write_failed_batch(self.out / f"failed_batch-rank{self.rank}.jsonl", prompts)
             raise GenerationError(self.state.round + 1, prompts, exc, batch) from exc
-
-    def _reference_samples(self, prompts: list[Prompt], seed: int) -> list[Completion]:
-        """One sample per prompt from the reference: its weights go into the engine (no second model copy);
-        the round's sync puts the policy's back. Completion.logprob_sum is then log π_ref(ỹ), raw, at T=1."""
-        self.load_engine("reference")
-        return [group[0] for group in self._generate(prompts, seed, n=1)]
 
     def load_engine(self, weights: str) -> None:
         """Put the current policy's or the frozen reference's weights into the engine, unless it holds them.
@@ -239,7 +260,7 @@ class OnlineLoop:
         # before the first update the policy is the reference: its greedy responses are already known
         metrics, responses = self.evaluator.evaluate(self.evaluator.reference if self.learner.steps == 0 else None)
         if self.cfg.eval_best_of_n:
-            seed = self.cfg.seed * 1_000_003 + 999_983 * (self.state.round + 1)
+            seed = stream_seed(self.cfg.seed, "eval-best-of-n", self.state.round)
             metrics.update(self.evaluator.evaluate_best_of_n(self.explorer.score, self.cfg.eval_best_of_n, seed,
                                                              self.cfg.temperature, self.cfg.top_p))
         metrics["time/eval"] = time.perf_counter() - t

@@ -48,6 +48,17 @@ def native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def dtype_reason(name: str) -> str:
+    """Why `resolve_dtype(name)` picks what it picks, in a few words for the run's start-up line."""
+    if name != "auto":
+        return "as given"
+    if torch.cuda.is_available():
+        return "auto: CUDA"
+    if native_bf16():
+        return "auto: this CPU computes bf16 natively"
+    return "auto: no native bf16 on this CPU, where it would be emulated and slower"
+
+
 def resolve_dtype(name: str) -> str:
     """"auto" → "bf16" with native bf16 support, else "fp32"; explicit names pass through."""
     if name == "auto":
@@ -104,6 +115,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src, name = str(gguf_path.parent), gguf_path.name
+    print(f"fastalign: converting the packaged {name} into {out_dir} (once, about a minute)", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
     config = quantized.config

@@ -16,13 +16,11 @@ import torch
 
 from fastalign.kernels.ensemble_mlp import ensemble_mlp_cpu, ensemble_mlp_reference
 from fastalign.kernels.linear_logprobs import linear_logprobs_cpu, linear_logprobs_reference
-from fastalign.kernels.preference import (
-    ExtraSequences, fused_preference_loss_cpu, preference_loss_composed, sequence_logps,
+from fastalign.kernels.sequence_loss import (
+    KEEP_ELEMENTS, LossOfSums, sequence_loss_composed, sequence_loss_cpu,
 )
-from fastalign.learner.losses import LOSS_FUNCTIONS, LossParams
 
-__all__ = ["IMPLS", "ExtraSequences", "linear_logprobs", "sequence_logprobs", "fused_preference_loss",
-           "ensemble_mlp", "resolve_impl"]
+__all__ = ["IMPLS", "linear_logprobs", "sequence_loss", "ensemble_mlp", "resolve_impl"]
 
 IMPLS = ("auto", "triton", "cpu", "reference")
 FLOAT_DTYPES = (torch.float32, torch.bfloat16)
@@ -63,17 +61,19 @@ def _check_devices(**tensors: torch.Tensor | None) -> None:
         raise ValueError(f"all inputs must be on one device, got {listing}; move them with .to(device)")
 
 
-def _check_targets(name: str, targets: torch.Tensor, shape: torch.Size, vocab: int, ignore_index: int) -> None:
+def _check_targets(name: str, targets: torch.Tensor, shape: torch.Size, vocab: int, ignore_index: int | None) -> None:
     if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"{name} must be an int64/int32 tensor of token ids, got "
                         f"{getattr(targets, 'dtype', type(targets).__name__)}")
     if targets.shape != shape:
         raise ValueError(f"{name} has shape {tuple(targets.shape)} but the hidden states need {tuple(shape)} "
                          "(one target per hidden state: hidden[..., t, :] predicts targets[..., t])")
-    valid = targets[targets != ignore_index]
+    valid = targets if ignore_index is None else targets[targets != ignore_index]
     if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= vocab):
+        hint = "pass only the positions that predict response tokens" if ignore_index is None else (
+            f"mask non-response positions with ignore_index={ignore_index}")
         raise ValueError(f"{name} holds ids outside [0, {vocab}) (min {int(valid.min())}, max {int(valid.max())}); "
-                         f"mask non-response positions with ignore_index={ignore_index}")
+                         + hint)
 
 
 def _check_head(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> None:
@@ -119,72 +119,36 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     return (logp.view(lead), ent.view(lead)) if return_entropy else logp.view(lead)
 
 
-def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                      bias: torch.Tensor | None = None, temperature: float = 1.0, ignore_index: int = -100,
-                      impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs [S] (differentiable, fp32) and lengths [S] of sequences hidden [S, T, H]."""
-    _check_sequences("hidden", "targets", hidden, targets, weight, bias, temperature, ignore_index)
-    which = resolve_impl(impl, hidden, weight)
-    return sequence_logps(_logprob_fn(which), hidden, weight, targets, bias, temperature, ignore_index)
+def sequence_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, seq_index: torch.Tensor,
+                  n_seq: int, loss_of_sums: LossOfSums, bias: torch.Tensor | None = None, temperature: float = 1.0,
+                  impl: str = "auto", keep_elements: int = KEEP_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """loss_of_sums(sums) and the sums [n_seq] (detached) of the response log-probs, from hidden states.
 
-
-def _check_sequences(hname: str, tname: str, hidden, targets, weight, bias, temperature, ignore_index) -> None:
-    _check_head(hidden, weight, bias, temperature)
-    if hidden.dim() != 3:
-        raise ValueError(f"{hname} must be [sequences, positions, hidden], got {tuple(hidden.shape)}")
-    _check_targets(tname, targets, hidden.shape[:-1], weight.shape[0], ignore_index)
-    _check_devices(**{hname: hidden, "weight": weight, "bias": bias, tname: targets})
-
-
-def _check_refs(ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, pairs: int, device: torch.device) -> None:
-    for name, ref in (("ref_chosen", ref_chosen), ("ref_rejected", ref_rejected)):
-        if not isinstance(ref, torch.Tensor) or not ref.is_floating_point():
-            raise TypeError(f"{name} must be a float tensor of summed reference log-probs")
-        if ref.shape != (pairs,):
-            raise ValueError(f"{name} must be [{pairs}] (one summed log-prob per pair), got {tuple(ref.shape)}")
-        if ref.device != device:
-            raise ValueError(f"{name} is on {ref.device} but hidden states are on {device}")
-
-
-def _check_extra(extra: ExtraSequences, weight, bias, temperature, ignore_index) -> None:
-    if not isinstance(extra, ExtraSequences):
-        raise TypeError(f"extra must be a fastalign.ops.ExtraSequences, got {type(extra).__name__}")
-    _check_sequences("extra.hidden", "extra.targets", extra.hidden, extra.targets, weight, bias, temperature,
-                     ignore_index)
-    if extra.hidden.shape[0] == 0:
-        raise ValueError("extra holds no sequences; pass extra=None instead")
-    if extra.ref_logps is not None and extra.ref_logps.shape != (extra.hidden.shape[0],):
-        raise ValueError(f"extra.ref_logps must be [{extra.hidden.shape[0]}], got {tuple(extra.ref_logps.shape)}")
-
-
-def fused_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, loss: str = "dpo",
-                          params: LossParams | None = None, bias: torch.Tensor | None = None,
-                          temperature: float = 1.0, ignore_index: int = -100, extra: ExtraSequences | None = None,
-                          impl: str = "auto") -> tuple[torch.Tensor, dict[str, float]]:
-    """Preference loss from policy hidden states without materialising [tokens × vocab] logits.
-
-    hidden [2B, T, H] (rows :B chosen, B: rejected of the same pairs), targets [2B, T] (ignore_index outside
-    the responses), ref_chosen / ref_rejected [B] summed reference log-probs; `loss` is a key of
-    `fastalign.learner.losses.LOSS_FUNCTIONS`. Returns (mean loss, metrics) exactly like
-    `losses.preference_loss`, plus "extra/*" metrics when `extra` adds coef·mean(log π(y) − ref).
+    hidden [N, H] are the positions that predict response tokens targets [N] (no ignore_index here: pass
+    only those positions), seq_index [N] the sequence of each position in [0, n_seq). loss_of_sums maps
+    the fp32 sums [n_seq] to a scalar (the pair loss and any algorithm terms) and may couple sequences;
+    it must depend on the sums and constants only. Differentiable in hidden, weight and bias; never holds
+    [N × V] logits beyond `keep_elements` of them (the CPU path; see fastalign.kernels.sequence_loss).
     """
-    if loss not in LOSS_FUNCTIONS:
-        raise ValueError(f"unknown loss {loss!r}: choose one of {', '.join(LOSS_FUNCTIONS)}")
-    _check_sequences("hidden", "targets", hidden, targets, weight, bias, temperature, ignore_index)
-    if hidden.shape[0] == 0 or hidden.shape[0] % 2:
-        raise ValueError(f"hidden must stack chosen then rejected rows (an even, non-zero count), "
-                         f"got {hidden.shape[0]} rows")
-    _check_refs(ref_chosen, ref_rejected, hidden.shape[0] // 2, hidden.device)
-    if extra is not None:
-        _check_extra(extra, weight, bias, temperature, ignore_index)
-    params = params or LossParams()
+    _check_head(hidden, weight, bias, temperature)
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden must be [positions, hidden], got {tuple(hidden.shape)}")
+    _check_targets("targets", targets, hidden.shape[:-1], weight.shape[0], ignore_index=None)
+    if not isinstance(seq_index, torch.Tensor) or seq_index.shape != targets.shape or seq_index.dtype != torch.int64:
+        raise ValueError(f"seq_index must be an int64 tensor shaped like targets {tuple(targets.shape)}, one sequence "
+                         f"id per position, got {getattr(seq_index, 'dtype', type(seq_index).__name__)} "
+                         f"{tuple(getattr(seq_index, 'shape', ()))}")
+    if seq_index.numel() and (int(seq_index.min()) < 0 or int(seq_index.max()) >= n_seq):
+        raise ValueError(f"seq_index holds ids outside [0, {n_seq}): n_seq must count every sequence")
+    if not callable(loss_of_sums):
+        raise TypeError("loss_of_sums must be a function of the summed log-probs [n_seq] returning a scalar")
+    _check_devices(hidden=hidden, weight=weight, bias=bias, targets=targets, seq_index=seq_index)
     which = resolve_impl(impl, hidden, weight)
     if which == "cpu":
-        return fused_preference_loss_cpu(hidden, weight, targets, ref_chosen, ref_rejected, loss, params, bias,
-                                         temperature, ignore_index, extra)
-    return preference_loss_composed(_logprob_fn(which), hidden, weight, targets, ref_chosen, ref_rejected, loss,
-                                    params, bias, temperature, ignore_index, extra)
+        return sequence_loss_cpu(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature,
+                                 keep_elements=keep_elements)
+    return sequence_loss_composed(_logprob_fn(which), hidden, weight, bias, targets, seq_index, n_seq,
+                                  loss_of_sums, temperature)
 
 
 def ensemble_mlp(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,

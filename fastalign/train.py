@@ -6,6 +6,7 @@ torchrun the process group is created before the engine (vLLM must see the world
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .config import DATASET_RESPONSES, DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
+from .config import DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
 from .checkpoint import CHECKPOINTS, CheckpointError, check_compatible, checkpoint_dirs, find_checkpoint  # noqa: E402
 from .data import PromptDataError, PromptList, PromptStream, format_prompts, load_prompts  # noqa: E402
 
@@ -50,15 +51,14 @@ def split_prompts(cfg: RunConfig) -> tuple[list[str], list[str]]:
 def resume_point(cfg: RunConfig) -> Path | None:
     """The checkpoint to continue from (checked against this config before any model loads), or None.
 
-    A fresh run refuses an output_dir that already holds checkpoints: it would mix two runs' states."""
-    if cfg.resume is None:
+    `--resume no` refuses an output_dir that already holds checkpoints: it would mix two runs' states."""
+    if cfg.resume == "no":
         if checkpoint_dirs(Path(cfg.output_dir) / CHECKPOINTS):
             raise ConfigError(f"{cfg.output_dir} already holds checkpoints of a run: continue it with "
                               "--resume auto, or give a new --output_dir")
         return None
     found = find_checkpoint(cfg.resume, cfg.output_dir)
-    if found is None:
-        print(f"fastalign: no checkpoint in {cfg.output_dir}/{CHECKPOINTS} yet: starting from round 0", flush=True)
+    if found is None:  # --resume auto and nothing to continue: a fresh run
         return None
     for bad, why in found.rejected:
         print(f"fastalign: checkpoint {bad} is unusable ({why}): falling back to {found.path}", flush=True)
@@ -66,10 +66,27 @@ def resume_point(cfg: RunConfig) -> Path | None:
     return found.path
 
 
+def finished_summary(cfg: RunConfig, checkpoint: Path) -> dict | None:
+    """The summary of the run in output_dir when its latest checkpoint already meets this config's stop
+    condition (a second `make train`): nothing is left to do, and nothing is loaded to find that out."""
+    meta = json.loads((checkpoint / "run.json").read_text())
+    done = meta["round"] >= cfg.rounds or (cfg.max_queries is not None and meta["queries"] >= cfg.max_queries)
+    summary_path = Path(cfg.output_dir) / "summary.json"
+    if not done or not summary_path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text())
+    return summary if summary.get("rounds") == meta["round"] else None
+
+
 def run(cfg: RunConfig) -> dict:
-    """Run one online-alignment job; returns its summary (also written to output_dir/summary.json)."""
+    """Run one online-alignment job; returns its summary (also written to output_dir/summary.json).
+
+    With `--resume auto` (the default) an unfinished run in output_dir continues where it stopped, and a
+    finished one is reported (summary["already_finished"]) without loading anything."""
     cfg.validate()
     checkpoint = resume_point(cfg)
+    if checkpoint is not None and (done := finished_summary(cfg, checkpoint)) is not None:
+        return {**done, "already_finished": True}
     train_text, eval_text = split_prompts(cfg)
     from .oracle import build_oracle
 
@@ -77,7 +94,12 @@ def run(cfg: RunConfig) -> dict:
         oracle = build_oracle(cfg)
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.dry_run:
+        return {"dry_run": True, "training_prompts": len(train_text), "held_out_prompts": len(eval_text),
+                "prompts_skipped": len(train_text.skipped), "oracle": oracle.name,
+                "resume_from": str(checkpoint) if checkpoint is not None else None}
 
+    from .algorithms import build_algorithm
     from .engine import engine_for_run
     from .eval import WinRateEvaluator
     from .explore.explorer import build_explorer
@@ -87,10 +109,15 @@ def run(cfg: RunConfig) -> dict:
     from .checkpoint import restore_metrics
     from .metrics import MetricsLogger
     from .oracle.durable import DurableOracle
-    from .models import load_tokenizer, resolve_dtype, resolve_model_dir
+    from .models import dtype_reason, load_tokenizer, resolve_dtype, resolve_model_dir
+    from .seeding import stream_seed
     from .threads import set_torch_threads
 
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # one bar per model load is noise in a run's log
     started = time.time()
+    reasons = {"dtype": dtype_reason(cfg.dtype), "engine_dtype": dtype_reason(cfg.engine_dtype)}
     cfg.dtype, cfg.engine_dtype = resolve_dtype(cfg.dtype), resolve_dtype(cfg.engine_dtype)
     rank, world = init_distributed()
     set_torch_threads(cfg.threads)
@@ -102,7 +129,7 @@ def run(cfg: RunConfig) -> dict:
         cfg.save(out / "config.json")
         if checkpoint is not None:
             restore_metrics(checkpoint, out / "metrics.jsonl")
-        elif cfg.resume is not None:  # killed before its first checkpoint: its rows are redone from round 0
+        else:  # a fresh start, or a run killed before its first checkpoint: rows are redone from round 0
             (out / "metrics.jsonl").unlink(missing_ok=True)
     oracle = DurableOracle(oracle, out / f"oracle_log-rank{rank}.jsonl", retries=cfg.oracle_retries,
                            timeout=cfg.oracle_timeout, backoff=cfg.oracle_backoff)
@@ -114,21 +141,21 @@ def run(cfg: RunConfig) -> dict:
         if not prompts:
             raise PromptDataError(f"every {name} prompt is over max_prompt_tokens={cfg.max_prompt_tokens} and "
                                   "--on_long_prompt drop dropped them all: raise max_prompt_tokens or truncate")
-    dataset_responses = None
-    if cfg.algorithm in DATASET_RESPONSES:
-        from .responses import load_dataset_responses
-
-        dataset_responses = load_dataset_responses(cfg.prompts, tokenizer, cfg.prompt_field, cfg.response_field)
-    learner = PolicyLearner(cfg, model_dir, pad_id=tokenizer.pad_token_id, world_size=world)
-    engine = engine_for_run(cfg, model_dir, seed=cfg.seed + rank)
+    algorithm = build_algorithm(cfg, tokenizer=tokenizer, rank=rank)
+    learner = PolicyLearner(cfg, model_dir, pad_id=tokenizer.pad_token_id, algorithm=algorithm, world_size=world)
+    engine = engine_for_run(cfg, model_dir, seed=stream_seed(cfg.seed, "engine", rank, bits=32))
     set_torch_threads(cfg.threads)
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
-    loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,
-                      explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank, policy=learner.reference), oracle=oracle, learner=learner,
-                      evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
-                                                            rebuild_tensorboard=cfg.resume is not None),
-                      rank=rank, world_size=world, tokenizer=tokenizer, dataset_responses=dataset_responses)
+    loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=stream_seed(cfg.seed, "prompts", rank)),
+                      engine=engine, explorer=build_explorer(cfg, seed=stream_seed(cfg.seed, "explorer", rank),
+                                                             policy=learner.reference),
+                      oracle=oracle, learner=learner, evaluator=evaluator, algorithm=algorithm,
+                      metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
+                                            rebuild_tensorboard=checkpoint is not None),
+                      rank=rank, world_size=world, tokenizer=tokenizer)
     loop.state.start_time = started
+    if is_main_process() and cfg.progress:
+        print(start_report(cfg, model_dir, reasons, type(engine).__name__, world, checkpoint), flush=True)
     loop.run_info = {"prompts_skipped": len(train_text.skipped),
                      "prompts_truncated": train_prompts.truncated + eval_prompts.truncated,
                      "prompts_dropped": train_prompts.dropped + eval_prompts.dropped}
@@ -163,18 +190,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fastalign: error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":  # the process group may be gone after the engine closed
-        print(_format_summary(summary))
+        print(end_report(cfg, summary))
     return 0
 
 
-def _format_summary(summary: dict) -> str:
-    lines = ["", "fastalign run finished: " + summary["stopped"]]
-    for key in ("queries", "oracle_paid_queries", "oracle_paid_eval_queries", "rounds", "pairs_trained", "tied_pairs", "win_rate", "ties", "oracle_score",
-                "reference_score", "wall_time_s", "final_model"):
-        if key in summary:
-            value = summary[key]
-            lines.append(f"  {key:16s} {value:.3f}" if isinstance(value, float) else f"  {key:16s} {value}")
-    return "\n".join(lines)
+def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engine: str, world: int,
+                 checkpoint: Path | None) -> str:
+    """What this run is, in a few lines: model, dtypes and why, engine, oracle, algorithm, output."""
+    ranks = f", {world} ranks" if world > 1 else ""
+    where = f"continuing from {checkpoint}" if checkpoint is not None else "a fresh run"
+    model = cfg.model if str(model_dir) == cfg.model else f"{cfg.model} ({model_dir})"
+    return "\n".join([
+        f"fastalign: {cfg.algorithm} with the {cfg.loss} loss (beta {cfg.beta}), {cfg.rounds} rounds of "
+        f"{cfg.batch_size} prompts{ranks}",
+        f"  model    {model}",
+        f"  dtype    learner {cfg.dtype} ({reasons['dtype']}); engine {engine} in {cfg.engine_dtype}"
+        + ("" if reasons["engine_dtype"] == reasons["dtype"] else f" ({reasons['engine_dtype']})"),
+        f"  oracle   {cfg.oracle}{f' ({cfg.oracle_path})' if cfg.oracle_path else ''}; explore {cfg.explore}",
+        f"  output   {cfg.output_dir} ({where})"])
+
+
+OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory"),
+           ("win_rate.png", "win rate against oracle queries"),
+           ("metrics.jsonl", "every round and evaluation (also tensorboard/)"),
+           ("eval_responses.jsonl", "held-out prompts with the reference's and the policy's responses"),
+           ("summary.json", "the figures above; config.json: the run's options"),
+           ("checkpoints/", "resume state (--resume auto continues the run)"))
+
+
+def end_report(cfg: RunConfig, summary: dict) -> str:
+    """The run's result and where everything is."""
+    out = Path(cfg.output_dir)
+    if summary.get("dry_run"):
+        where = f"continue from {summary['resume_from']}" if summary["resume_from"] else "start a fresh run"
+        return (f"fastalign: dry run: the options are valid; {cfg.algorithm} with the {cfg.loss} loss would "
+                f"{where} in {out}, on {summary['training_prompts']} training and {summary['held_out_prompts']} "
+                f"held-out prompts ({summary['prompts_skipped']} rows skipped), oracle {summary['oracle']}")
+    if summary.get("already_finished"):
+        head = [f"fastalign: {out} already holds a finished run ({summary['rounds']} rounds, {summary['queries']} "
+                f"oracle queries, win rate {100 * summary.get('win_rate', float('nan')):.1f}%): nothing to do.",
+                f"  To train it further, raise --rounds (it continues from its last checkpoint); to start afresh, "
+                f"give another --output_dir (or remove {out})."]
+    else:
+        head = ["", f"fastalign run finished: {summary['stopped']}",
+                f"  win rate   {100 * summary.get('win_rate', float('nan')):.1f}% against the initial policy on the "
+                f"held-out prompts (ties count half)",
+                f"  queries    {summary['queries']} oracle queries over all ranks"
+                + (f" ({summary['oracle_paid_queries']} paid, {summary['oracle_replayed_queries']} answered from "
+                   "the oracle log)" if summary.get("oracle_replayed_queries") else ""),
+                f"  trained    {summary['pairs_trained']} pairs in {summary['rounds']} rounds "
+                f"({summary['tied_pairs']} tied pairs skipped)",
+                f"  wall time  {summary['wall_time_s']:.0f} s"]
+    files = [f"  {name:21s} {what}" for name, what in OUTPUTS if (out / name.rstrip("/")).exists()]
+    return "\n".join(head + [f"outputs in {out}/:"] + files)
 
 
 if __name__ == "__main__":

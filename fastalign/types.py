@@ -20,14 +20,20 @@ class Prompt:
     token_ids: list[int] = field(default_factory=list)
 
 
+# Where a response came from (Completion.source) and who labelled a pair (PreferencePair.labelled_by).
+POLICY, REFERENCE, DATASET = "policy", "reference", "dataset"
+ORACLE, REWARD_MODEL = "oracle", "reward-model"  # labels: also POLICY (its implicit preference), DATASET
+
+
 @dataclass
 class Completion:
-    """One sampled response with the behaviour policy's per-token log-probs (None when not requested)."""
+    """One response with the per-token log-probs of the model that sampled it (None when not sampled)."""
 
     token_ids: list[int]
     text: str
     logprobs: list[float] | None = None
     finish_reason: str = "length"
+    source: str = POLICY  # POLICY or REFERENCE (sampled by that model), or DATASET
 
     @property
     def logprob_sum(self) -> float:
@@ -50,20 +56,27 @@ class Preference:
 
 @dataclass
 class PreferencePair:
-    """A labelled pair ready for the learner: token ids of prompt, chosen and rejected responses."""
+    """A labelled pair ready for the learner: token ids of prompt, chosen and rejected responses.
+
+    labelled_by: ORACLE, REWARD_MODEL (SEA mixed preference), POLICY (its own implicit preference) or
+    DATASET; chosen_from / rejected_from: each response's Completion.source. extra_ids: one more response
+    the algorithm's loss scores (SELM: ỹ from the reference), with its log-prob under the model that
+    produced it. Reference log-probs are filled once by the learner, then reused.
+    """
 
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
-    chosen_text: str = ""
-    rejected_text: str = ""
-    prompt_text: str = ""
-    chosen_behaviour_logprob: float = float("nan")
-    rejected_behaviour_logprob: float = float("nan")
-    ref_chosen_logprob: float | None = None  # filled once by the learner, then reused
-    ref_rejected_logprob: float | None = None
-    from_oracle: bool = True  # False for model-labelled pairs (mixed preference learning)
-    # SELM/XPO: a response ỹ sampled from the reference for the same prompt, and log π_ref(ỹ) from sampling
+    labelled_by: str = ORACLE
+    chosen_from: str = POLICY
+    rejected_from: str = POLICY
     extra_ids: list[int] | None = None
     extra_ref_logprob: float = 0.0
-    policy_labels: bool = False  # SAIL-PP/DP: unlabelled; the learner draws the label from σ(βh)
+    ref_chosen_logprob: float | None = None
+    ref_rejected_logprob: float | None = None
+
+    def swap(self) -> None:
+        """Exchange chosen and rejected (a label drawn after the pair was built)."""
+        self.chosen_ids, self.rejected_ids = self.rejected_ids, self.chosen_ids
+        self.chosen_from, self.rejected_from = self.rejected_from, self.chosen_from
+        self.ref_chosen_logprob, self.ref_rejected_logprob = self.ref_rejected_logprob, self.ref_chosen_logprob

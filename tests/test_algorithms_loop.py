@@ -1,143 +1,193 @@
-"""Each --algorithm runs real rounds on the tiny model (transformers engine: starts in a second), and the
-loop's reference-sample swap always hands the policy's weights back to the engine."""
+"""Each --algorithm for real on the tiny model through `fastalign.train.run` (transformers engine: starts in a
+second), and the loop's wiring of the algorithm hooks with stand-in stages."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from fastalign.algorithms import build_algorithm
 from fastalign.config import RunConfig
 from fastalign.explore.explorer import PassiveExplorer
 from fastalign.loop import OnlineLoop
-from fastalign.metrics import read_metrics
+from fastalign.metrics import MetricsLogger, read_metrics
+from fastalign.models import load_causal_lm
 from fastalign.train import run
-from fastalign.types import Completion, Prompt
+from fastalign.types import REFERENCE, Completion, Preference, Prompt
 
 WORDS = ["sea", "tree", "green", "apple", "eel", "bee", "sun", "moon", "red", "see"]
 
 
 def prompt_file(path: Path, n: int = 12) -> Path:
-    """Prompts with two dataset responses each (for sail-dp; the other algorithms ignore the field)."""
+    """Prompts with a dataset preference pair each (for sail-dp; the other algorithms ignore the fields)."""
     with path.open("w") as f:
         for i in range(n):
             f.write(json.dumps({"prompt": f"Say something about the {WORDS[i % 10]} number {i}.",
-                                "responses": [f"The {WORDS[i % 10]} is here.", f"No {i}."]}) + "\n")
+                                "chosen": f"The {WORDS[i % 10]} is here.", "rejected": f"No {i}."}) + "\n")
     return path
 
 
 def run_algorithm(algorithm: str, tiny_model_dir, tmp_path: Path, rounds: int = 1, **extra) -> tuple[dict, list]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     mp = pytest.MonkeyPatch()
     mp.syspath_prepend(str(Path(__file__).parent))
-    cfg = RunConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "run"), oracle="callable",
-                    oracle_path="loop_rewards:letter_e_share", engine="hf", dtype="fp32", engine_dtype="fp32",
-                    prompts=str(prompt_file(tmp_path / "prompts.jsonl")), num_eval_prompts=4, algorithm=algorithm,
-                    batch_size=4, micro_batch_size=4, max_new_tokens=6, rounds=rounds, eval_every=rounds,
-                    learning_rate=1e-3, logprob_impl="naive", threads=1, save_final=False, tensorboard=False, progress=False, **extra)
+    options = dict(model=str(tiny_model_dir), output_dir=str(tmp_path / "run"), oracle="callable",
+                   oracle_path="loop_rewards:letter_e_share", engine="hf", dtype="fp32", engine_dtype="fp32",
+                   prompts=str(prompt_file(tmp_path / "prompts.jsonl")), num_eval_prompts=4, algorithm=algorithm,
+                   batch_size=4, micro_batch_size=4, max_new_tokens=6, rounds=rounds, eval_every=rounds,
+                   learning_rate=1e-3, logprob_impl="naive", threads=1, save_final=False, tensorboard=False,
+                   progress=False)
+    cfg = RunConfig(**{**options, **extra})
     try:
         summary = run(cfg)
     finally:
         mp.undo()
-    return summary, read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train")
+    return summary, read_metrics(Path(cfg.output_dir) / "metrics.jsonl", kind="train")
 
 
-@pytest.mark.parametrize("algorithm", ["selm", "xpo"])
-def test_reference_sample_algorithms(algorithm, tiny_model_dir, tmp_path):
-    summary, train = run_algorithm(algorithm, tiny_model_dir, tmp_path)
+def test_selm_scores_a_reference_response_each_round(tiny_model_dir, tmp_path):
+    summary, train = run_algorithm("selm", tiny_model_dir, tmp_path)
     assert summary["queries"] == 4 and len(train) == 1
     row = train[0]
-    assert row["time/reference_sample"] > 0 and row["extra/logps"] < 0
-    if algorithm == "xpo":
-        assert row["extra/term"] == pytest.approx(1e-5 * row["extra/logps"], rel=1e-5)
-    else:  # before the first step π_θ = π_ref: the engine's sampling log-probs of ỹ equal the learner's
-        assert abs(row["extra/term"]) < 1e-3 * 0.1 * 1e-3 * abs(row["extra/logps"])
-    assert row["loss"] == pytest.approx(row["loss/pair"] + row["extra/term"], rel=1e-4, abs=1e-7)
+    assert row["time/extra_responses"] > 0 and row["selm/logps"] < 0
+    # before the first step π_θ = π_ref: the engine's log-probs of ỹ equal the learner's, the term ≈ 0
+    assert abs(row["selm/term"]) < 1e-3 * 0.1 * 1e-3 * abs(row["selm/logps"])
+    assert row["loss"] == pytest.approx(row["loss/pair"] + row["selm/term"], rel=1e-4, abs=1e-7)
 
 
-def test_bpo_starts_each_pair_at_zero_margin(tiny_model_dir, tmp_path):
-    """The behaviour policy is the policy at the round's start: h = 0 at the round's only step."""
-    summary, train = run_algorithm("bpo", tiny_model_dir, tmp_path, rounds=2)
-    assert summary["queries"] == 8 and len(train) == 2
+def test_xpo_judges_a_policy_sample_against_a_reference_sample(tiny_model_dir, tmp_path):
+    summary, train = run_algorithm("xpo", tiny_model_dir, tmp_path, rounds=2)
+    assert summary["queries"] == 8 and [r["queries"] for r in train] == [4, 8]
+    lines = (tmp_path / "run" / "oracle_log-rank0.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["kind"] == "train" for line in lines) == 8  # every judged pair paid once
     for row in train:
-        assert row["rewards/margin"] == pytest.approx(0.0, abs=1e-6)
-        assert row["loss"] == pytest.approx(np.log(2), abs=1e-6)
+        assert row["xpo/term"] == pytest.approx(1e-5 * row["xpo/reference_logps"], rel=1e-5)
+
+
+def test_bpo_leaves_zero_margin_after_the_first_update_and_beta_shapes_the_step(tiny_model_dir, tmp_path):
+    """π_ref = the behaviour policy of the batch: h = 0 at its first update, ≠ 0 at the last (logged) one;
+    β then changes the trained weights (at h = 0 Adam's first step would not depend on it)."""
+    finals = {}
+    for beta in (0.1, 2.0):
+        summary, train = run_algorithm("bpo", tiny_model_dir, tmp_path / f"beta{beta}", rounds=2, beta=beta,
+                                       updates_per_round=3, save_final=True, learning_rate=1e-2)
+        assert summary["queries"] == 8 and all(abs(r["rewards/margin"]) > 1e-4 for r in train)
+        assert all(r["loss"] != pytest.approx(np.log(2), abs=1e-6) for r in train)
+        finals[beta] = load_causal_lm(tmp_path / f"beta{beta}" / "run" / "final").state_dict()
+    assert max((finals[0.1][k] - finals[2.0][k]).abs().max().item() for k in finals[0.1]) > 1e-4
 
 
 def test_sail_pr_round(tiny_model_dir, tmp_path):
-    summary, train = run_algorithm("sail-pr", tiny_model_dir, tmp_path)
+    summary, train = run_algorithm("sail-pr", tiny_model_dir, tmp_path, sail_share=1.0)
     assert summary["queries"] == 4 and all(np.isfinite(r["loss"]) for r in train)
+    assert train[0]["sail/routed"] == 1.0 and train[0]["sail/sampling_term"] != 0
 
 
-@pytest.mark.parametrize("algorithm", ["sail-pp", "sail-dp"])
-def test_policy_labelled_sail_makes_no_oracle_queries(algorithm, tiny_model_dir, tmp_path):
-    summary, train = run_algorithm(algorithm, tiny_model_dir, tmp_path, rounds=2)
+def test_sail_dp_trains_on_the_datasets_pairs_without_queries(tiny_model_dir, tmp_path):
+    summary, train = run_algorithm("sail-dp", tiny_model_dir, tmp_path, rounds=2)
     assert summary["queries"] == 0 and summary["pairs_trained"] == 8
     assert [r["queries"] for r in train] == [0, 0]
-    assert all(0 <= r["sail/label_swapped"] <= 1 for r in train)
     assert "win_rate" in summary  # evaluation still asks the oracle, uncounted
 
 
-def test_sail_dp_needs_responses(tiny_model_dir, tmp_path):
-    from fastalign.data import PromptFormatError
+def test_sail_pp_learns_from_its_labelled_share(tiny_model_dir, tmp_path):
+    """70% of each batch is oracle-labelled DPO: the win rate on a simple reward goes up (a SAIL-PP that labels
+    every pair itself has an expected preference gradient of zero and could not)."""
+    summary, train = run_algorithm("sail-pp", tiny_model_dir, tmp_path, rounds=16, prompts="default",
+                                   num_eval_prompts=32, batch_size=8, micro_batch_size=8, max_new_tokens=12,
+                                   learning_rate=3e-3, eval_every=16, seed=1)
+    policy_labelled = sum(r["policy_labelled"] for r in train)
+    assert summary["queries"] + policy_labelled + sum(r["ties"] for r in train) == 16 * 8
+    assert 0.15 < policy_labelled / (16 * 8) < 0.45  # the authors' share p = 0.3
+    assert summary["win_rate"] > 0.6
 
-    bad = tmp_path / "p.jsonl"
-    bad.write_text("".join(json.dumps({"prompt": f"p{i}", "responses": ["only one"]}) + "\n" for i in range(12)))
-    cfg = RunConfig(model=str(tiny_model_dir), prompts=str(bad), num_eval_prompts=4, algorithm="sail-dp",
-                    output_dir=str(tmp_path / "run"))
-    with pytest.raises(PromptFormatError, match="list of ≥ 2 non-empty response strings"):
-        run(cfg)
 
+# ------------------------------------------------------------------ the loop's wiring, with stand-in stages
+class TaggingEngine:
+    """Texts name the weights that produced them; token ids differ with the seed, as real samples would."""
 
-class _Engine:
     def __init__(self):
+        self.weights = "reference"
         self.loaded: list[str] = []
 
     def generate(self, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=None):
-        return [[Completion([7, k], f"r{k}", [-1.0, -1.0], "stop") for k in range(n)] for _ in prompt_ids]
+        return [[Completion([7, k, seed % 1000], f"{self.weights}:{k}", [-1.0, -1.0], "stop") for k in range(n)]
+                for _ in prompt_ids]
 
     def update_weights(self, weights):
-        self.loaded.append(next(iter(weights))[0])
+        self.weights = next(iter(weights))[0]
+        self.loaded.append(self.weights)
 
 
-class _Learner:
+class StandInLearner:
     steps = 0
+
+    def __init__(self):
+        self.batches = []
 
     def reference_weights(self):
         yield "reference", None
 
     def named_weights(self):
-        yield "policy", None
+        yield f"policy@{self.steps}", None
 
-    def step(self, pairs, weights):
-        assert all(p.extra_ids == [7, 0] and p.extra_ref_logprob == -2.0 for p in pairs)
+    def learn(self, pairs):
+        self.batches.append(pairs)
+        self.steps += 1
         return {}
 
 
-class _TieOracle:
-    queries = 0
+class RecordingOracle:
+    def __init__(self, prob: float = 1.0):
+        self.queries, self.prob, self.seen = 0, prob, []
 
     def compare(self, prompts, a, b):
-        from fastalign.types import Preference
-
         self.queries += len(prompts)
-        return Preference(prob_a=np.full(len(prompts), 0.5), a_wins=np.ones(len(prompts), dtype=bool))
+        self.seen.append(list(zip(a, b)))
+        return Preference(prob_a=np.full(len(prompts), self.prob), a_wins=np.full(len(prompts), self.prob > 0.5))
 
 
-@pytest.mark.parametrize("steps, swaps", [(3, ["reference", "policy"]), (0, [])])
-def test_reference_swap_is_undone_even_when_no_step_is_taken(tmp_path, steps, swaps):
-    """All pairs tie → no learner step; after ỹ ~ π_ref the engine must still get the policy's weights back.
-    Before the first step the policy is the reference, so the engine already holds both: no swap at all."""
-    from fastalign.metrics import MetricsLogger
-
+def stand_in_loop(tmp_path, oracle, **options):
     class Stream:
         def next_batch(self, n):
             return [Prompt(str(i), f"p{i}", f"p{i}", [1, 2]) for i in range(n)]
 
-    engine, learner = _Engine(), _Learner()
+    cfg = RunConfig(**{"batch_size": 2, "micro_batch_size": 2, "output_dir": str(tmp_path), **options})
+    engine, learner = TaggingEngine(), StandInLearner()
+    loop = OnlineLoop(cfg, stream=Stream(), engine=engine, explorer=PassiveExplorer(0), oracle=oracle,
+                      learner=learner, evaluator=None, metrics=MetricsLogger(tmp_path, False),
+                      algorithm=build_algorithm(cfg))
+    return loop, engine, learner
+
+
+def test_xpo_each_round_judges_the_current_policy_against_the_reference(tmp_path):
+    oracle = RecordingOracle()
+    loop, engine, learner = stand_in_loop(tmp_path, oracle, algorithm="xpo")
+    for _ in range(3):
+        loop.round()
+    assert [{b for _, b in judged} for judged in oracle.seen] == [{"reference:0"}] * 3  # ỹ judged every round
+    assert [{a for a, _ in judged} for judged in oracle.seen] == [{"reference:0"}, {"policy@1:0"}, {"policy@2:0"}]
+    assert all(p.chosen_from == "policy" and p.rejected_from == REFERENCE for batch in learner.batches for p in batch)
+
+
+@pytest.mark.parametrize("steps, swaps", [(3, ["reference", "policy@3"]), (0, [])])
+def test_reference_swap_is_undone_even_when_no_step_is_taken(tmp_path, steps, swaps):
+    """All pairs tie → nothing to learn; after ỹ ~ π_ref the engine must still get the policy's weights back.
+    Before the first step the policy is the reference, so the engine already holds both: no swap at all."""
+    loop, engine, learner = stand_in_loop(tmp_path, RecordingOracle(prob=0.5), algorithm="xpo")
     learner.steps = steps
-    loop = OnlineLoop(RunConfig(algorithm="xpo", batch_size=2, micro_batch_size=2, output_dir=str(tmp_path)),
-                      stream=Stream(), engine=engine, explorer=PassiveExplorer(0), oracle=_TieOracle(),
-                      learner=learner, evaluator=None, metrics=MetricsLogger(tmp_path, False))
     loop.load_engine("policy")  # the round starts with the current policy in the engine
     engine.loaded.clear()
     loop.round()
-    assert engine.loaded == swaps
+    assert engine.loaded == swaps and learner.batches == []
+
+
+def test_sail_pp_does_not_query_its_policy_labelled_rows(tmp_path):
+    oracle = RecordingOracle()
+    loop, _, learner = stand_in_loop(tmp_path, oracle, algorithm="sail-pp", sail_share=0.5, batch_size=40,
+                                     micro_batch_size=40)
+    row = loop.round()
+    asked = len(oracle.seen[0])
+    assert row["policy_labelled"] == 40 - asked and 5 < asked < 35 and loop.state.queries == asked
+    assert sorted({p.labelled_by for p in learner.batches[0]}) == ["oracle", "policy"]

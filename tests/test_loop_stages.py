@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fastalign.algorithms import build_algorithm
 from fastalign.config import RunConfig
 from fastalign.data import PromptStream
 from fastalign.eval import WinRateEvaluator
@@ -17,7 +18,7 @@ from fastalign.explore.reward_model import EpistemicRewardModel
 from fastalign.loop import OnlineLoop
 from fastalign.metrics import MetricsLogger, read_metrics
 from fastalign.oracle import CallableOracle
-from fastalign.types import Completion, Prompt
+from fastalign.types import REWARD_MODEL, Completion, Prompt
 
 
 class FakeEngine:
@@ -46,7 +47,7 @@ class FakeLearner:
         self.skipped_steps = 0  # steps refused for a NaN/inf loss
         self.pairs: list = []
 
-    def step(self, pairs, weights):
+    def learn(self, pairs):
         self.pairs.extend(pairs)
         self.steps += 1
         return {"loss": 0.5}
@@ -69,12 +70,12 @@ def make_loop(tmp_path, explorer, **options) -> tuple[OnlineLoop, FakeEngine, Fa
     engine, learner, oracle = FakeEngine(), FakeLearner(), CallableOracle(e_share)
     loop = OnlineLoop(cfg, stream=PromptStream(prompts, seed=0), engine=engine, explorer=explorer, oracle=oracle,
                       learner=learner, evaluator=WinRateEvaluator(engine, oracle, prompts[:3], 4),
-                      metrics=MetricsLogger(tmp_path, tensorboard=False))
+                      metrics=MetricsLogger(tmp_path, tensorboard=False), algorithm=build_algorithm(cfg))
     return loop, engine, learner, oracle
 
 
 def test_offline_responses_come_from_the_reference_and_eval_from_the_policy(tmp_path):
-    loop, engine, learner, _ = make_loop(tmp_path, PassiveExplorer(seed=0), responses_from="reference", rounds=4)
+    loop, engine, learner, _ = make_loop(tmp_path, PassiveExplorer(seed=0), algorithm="offline-dpo", rounds=4)
     engine.generated_with.clear()
     loop.run()
     sampled = [w for w in engine.generated_with if not w.startswith("greedy")]
@@ -111,7 +112,7 @@ def test_mixed_preference_pairs_are_trained_but_not_counted_as_queries(tmp_path)
     assert [r["model_labelled"] for r in train] == [0, 0, 2, 2]  # after 8 queries, half of each batch
     assert [r["queries"] for r in train] == [4, 8, 10, 12] and oracle.queries == 12
     assert len(learner.pairs) == 16
-    assert sum(not p.from_oracle for p in learner.pairs) == 4
+    assert sum(p.labelled_by == REWARD_MODEL for p in learner.pairs) == 4
     assert loop.explorer.reward_model.pairs_seen == 12  # the reward model learns from the oracle only
 
 

@@ -25,17 +25,20 @@ class HFEngine(GenerationEngine):
     """Generation with a transformers model: a directory to load, or a model object to use as is."""
 
     def __init__(self, model: str | os.PathLike | torch.nn.Module, dtype: str = "fp32", seed: int = 0,
-                 threads: int | None = None, tokenizer: object = None, max_model_len: int | None = None) -> None:
+                 threads: int | None = None, tokenizer: object = None, max_model_len: int | None = None,
+                 device: str | torch.device | None = None) -> None:
+        """device: where the model generates (default: CUDA when available, else the CPU)."""
         self.dtype = check_dtype(dtype)
         self.threads = threads or default_threads()
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if isinstance(model, torch.nn.Module):
-            self.model = model.to(_TORCH_DTYPES[dtype])
+            self.model = model.to(self.device, _TORCH_DTYPES[dtype])
             model_dir = getattr(model.config, "_name_or_path", None)
         else:
             model_dir = Path(model)
             if not (model_dir / "config.json").is_file():
                 raise FileNotFoundError(f"{str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
-            self.model = load_causal_lm(model_dir, dtype)
+            self.model = load_causal_lm(model_dir, dtype).to(self.device)
         if tokenizer is None:
             if not model_dir or not Path(model_dir).is_dir():
                 raise ValueError("HFEngine needs a tokenizer= when the model object does not name its directory")
@@ -55,7 +58,7 @@ class HFEngine(GenerationEngine):
             return [[c] * n for c in self.greedy(prompt_ids, max_new_tokens)]
         if seed is None:
             seed = int(self._seeds.integers(2**31))
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
             flat = self._run(prompt_ids, max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
                              num_return_sequences=n)
@@ -66,17 +69,20 @@ class HFEngine(GenerationEngine):
         return self._run(prompt_ids, max_new_tokens, do_sample=False)
 
     def _run(self, prompt_ids: list[list[int]], max_new_tokens: int, **sampling: object) -> list[Completion]:
-        """One left-padded batch. top_k=0, not None: transformers fills None from its default of 50."""
+        """One left-padded batch."""
         from transformers import GenerationConfig
 
-        input_ids, mask, _ = left_pad(prompt_ids, self._pad)
+        input_ids, mask, _ = (t.to(self.device) for t in left_pad(prompt_ids, self._pad))
+        if sampling.get("do_sample"):
+            sampling["top_k"] = 0  # transformers fills None from its default of 50; greedy takes no top_k
         config = GenerationConfig(max_new_tokens=max_new_tokens, eos_token_id=self._stops, pad_token_id=self._pad,
-                                  top_k=0, output_logits=True, return_dict_in_generate=True, **sampling)
+                                  output_logits=True, return_dict_in_generate=True, **sampling)
         with torch.no_grad(), using_threads(self.threads):
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
         new = out.sequences[:, input_ids.shape[1]:]
         logits = torch.stack(out.logits, dim=1).float()  # [B*n, T, V] raw, before any warper
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1).cpu()
+        new = new.cpu()
         return [self._completion(new[i].tolist(), logprobs[i].tolist()) for i in range(new.shape[0])]
 
     def _completion(self, token_ids: list[int], logprobs: list[float]) -> Completion:

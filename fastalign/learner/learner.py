@@ -1,8 +1,11 @@
-"""The DeepSpeed learner: policy update on labelled pairs, frozen reference, weights out for the engine.
+"""The DeepSpeed learner: policy updates on labelled pairs, the reference, weights out for the engine.
 
 Reference log-probs are computed once per pair with the frozen reference model and stored on the pair,
-so replaying a pair never pays for them again. The policy step weights pairs (ties get weight 0) and
-normalises by the round's weight, which keeps the gradient scale independent of the micro-batching.
+so replaying a pair never pays for them again (the behaviour policy's, for BPO, from the first update's
+own forward). Each collected batch gets the algorithm's number of optimiser steps. A step's loss is the
+mean over every rank's pairs (each rank's sum, scaled so DeepSpeed's average over ranks gives that
+mean), so the gradient does not depend on the micro-batching or on how pairs fall across ranks; ranks
+with fewer micro-batches (or none: every response identical) run zero-weight ones to stay in step.
 """
 from __future__ import annotations
 
@@ -13,13 +16,14 @@ from typing import Iterator
 
 import torch
 
-from ..config import REFERENCE_SAMPLES, RunConfig
+from ..algorithms import Algorithm
+from ..config import RunConfig
+from ..losses import SequenceLogps, preference_metrics
 from ..models import atomic_directory, load_causal_lm, resolve_dtype
 from ..types import PreferencePair
-from .algorithms import algorithm_loss
-from .distributed import is_main_process
-from .logprobs import build_batch, pair_logps, sequence_logps
-from .losses import LossParams, SequenceLogps, preference_metrics
+from . import logprobs
+from .distributed import all_reduce_max, all_reduce_sum, comm_device, is_main_process
+from .logprobs import build_batch, decoder_and_head, pair_hidden, pair_logps, response_hidden
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -42,23 +46,29 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
 class PolicyLearner:
     """Owns the trainable policy (wrapped by DeepSpeed) and the frozen reference model."""
 
-    def __init__(self, cfg: RunConfig, model_dir: Path, pad_id: int, world_size: int = 1):
+    def __init__(self, cfg: RunConfig, model_dir: Path, pad_id: int, algorithm: Algorithm | None = None,
+                 world_size: int = 1):
+        """algorithm: the run's (default: built from cfg, as `fastalign.algorithms.build_algorithm`)."""
         import deepspeed
 
+        from ..algorithms import build_algorithm
+
         self.cfg = cfg
+        self.algorithm = algorithm if algorithm is not None else build_algorithm(cfg)
         self.pad_id = pad_id
+        self.world_size = world_size
         self.logprob_impl = cfg.resolved_logprob_impl()
-        self.params = LossParams(cfg.beta, cfg.label_smoothing, cfg.simpo_gamma_ratio)
-        # BPO's reference is the behaviour policy (the policy itself at the round's start): no frozen copy
-        self.reference = (None if cfg.algorithm == "bpo"
-                          else load_causal_lm(model_dir, cfg.dtype).eval().requires_grad_(False))
-        self.label_generator = torch.Generator().manual_seed(cfg.seed * 7907 + 11)  # SAIL-PP/DP labels
+        # without a frozen reference (BPO) π_ref is the behaviour policy: the policy at the batch's first update
+        self.reference = (load_causal_lm(model_dir, cfg.dtype).eval().requires_grad_(False)
+                          if self.algorithm.frozen_reference else None)
         policy = load_causal_lm(model_dir, "fp32")
         policy.config.use_cache = False
         optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                       betas=(0.9, 0.95), fused=False)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
+        if self.reference is not None:  # beside the policy: CUDA when DeepSpeed's accelerator is
+            self.reference.to(self.engine.device)
         skip_identity_allreduce(self.engine, cfg.zero_stage, world_size)
         check_every_step(self.engine)
         self.steps = 0
@@ -72,7 +82,7 @@ class PolicyLearner:
     @torch.no_grad()
     def fill_reference_logps(self, pairs: list[PreferencePair]) -> None:
         """Reference log-probs for pairs that have none yet (each pair is scored once, ever)."""
-        if self.reference is None:  # BPO: filled from the policy's own first forward of the pair
+        if self.reference is None:  # the behaviour policy's: filled by the first update's own forward
             return
         todo = [p for p in pairs if p.ref_chosen_logprob is None]
         for start in range(0, len(todo), self.cfg.micro_batch_size):
@@ -83,44 +93,67 @@ class PolicyLearner:
                 p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
 
     def _pair_logps(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
-        """[chosen..., rejected...] log-probs; the prompt runs once per pair when cfg.share_prompt."""
+        """[chosen..., rejected...] summed log-probs; the prompt runs once per pair when cfg.share_prompt."""
         return pair_logps(model, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
                           [p.rejected_ids for p in pairs], self.pad_id, self.logprob_impl, self.cfg.share_prompt)
 
-    def _batch_with_reference_samples(self, pairs: list[PreferencePair]):
-        """Chosen rows, rejected rows, then each pair's reference sample ỹ (SELM/XPO), in one batch."""
+    def _batch_with_extra(self, pairs: list[PreferencePair]):
+        """Chosen rows, rejected rows, then each pair's extra response (SELM's ỹ), in one batch."""
         prompts = [p.prompt_ids for p in pairs] * 3
         responses = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs] + [p.extra_ids for p in pairs]
         return build_batch(prompts, responses, self.pad_id)
 
+    @torch.no_grad()
+    def policy_logps(self, pairs: list[PreferencePair]) -> torch.Tensor:
+        """The current policy's summed [chosen..., rejected...] log-probs, without gradient."""
+        self.engine.eval()
+        return torch.cat([self._pair_logps(self.policy, pairs[i:i + self.cfg.micro_batch_size]).view(2, -1)
+                          for i in range(0, len(pairs), self.cfg.micro_batch_size)], dim=1).reshape(-1)
+
     def reference_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The frozen reference's HF-named parameters, e.g. to sample ỹ ~ π_ref from the engine (SELM/XPO)."""
         if self.reference is None:
-            raise RuntimeError("this learner keeps no reference model (--algorithm bpo)")
+            raise RuntimeError(f"--algorithm {self.algorithm.name} keeps no frozen reference model")
         for name, param in self.reference.named_parameters():
             yield name, param.detach()
 
     # ------------------------------------------------------------------ update
-    def step(self, pairs: list[PreferencePair], weights: list[float] | None = None) -> dict[str, float]:
-        """One optimiser step over the round's pairs (micro-batched); returns averaged metrics."""
-        if not pairs:
-            raise ValueError("learner.step needs at least one pair")
-        weights = weights or [1.0] * len(pairs)
+    def learn(self, pairs: list[PreferencePair]) -> dict[str, float]:
+        """The algorithm's optimiser steps on one collected batch; returns the last step's metrics.
+
+        Collective under torchrun: every rank calls it, with its own pairs (possibly none).
+        """
+        if self.world_size == 1 and not pairs:
+            raise ValueError("learner.learn needs at least one pair")
         self.fill_reference_logps(pairs)
+        prepared = self.algorithm.prepare(pairs, self)
+        out: dict[str, float] = {}
+        for _ in range(self.algorithm.updates):
+            out = self.step(pairs)
+        return {**prepared, **out}
+
+    def step(self, pairs: list[PreferencePair]) -> dict[str, float]:
+        """One optimiser step over the pairs (micro-batched); returns metrics averaged over the pairs."""
+        mb = self.cfg.micro_batch_size
+        chunks = [pairs[i:i + mb] for i in range(0, len(pairs), mb)]
+        steps = int(all_reduce_max(len(chunks)))  # every rank runs as many micro-batches
+        total = all_reduce_sum(len(pairs))
+        if total == 0:
+            return {}
+        self.fill_reference_logps(pairs)  # a no-op for pairs that have them (all of them, inside learn)
+        scale = self.world_size / total  # DeepSpeed averages gradients over ranks: this makes it the mean
         self.engine.train()
-        total_weight = max(sum(weights), 1e-8)
         sums: dict[str, float] = {}
-        chunks = range(0, len(pairs), self.cfg.micro_batch_size)
-        for k, start in enumerate(chunks):
-            chunk = pairs[start:start + self.cfg.micro_batch_size]
-            w = torch.tensor(weights[start:start + len(chunk)], dtype=torch.float32)
-            loss, metrics = self._micro_loss(chunk, w, total_weight)
+        for k in range(steps):
+            chunk = chunks[k] if k < len(chunks) else []
+            loss, metrics = self._micro_loss(chunk) if chunk else (self._zero_loss(), {})
+            loss = loss * scale
             finite = _all_ranks_finite(loss.detach())
             if not finite:
                 # End the round here with NaN gradients: every stage then drops the whole step, and
                 # under ZeRO, DeepSpeed clears the partial sums of earlier micro-batches itself.
                 loss = loss * float("nan")
-            self.engine.set_gradient_accumulation_boundary(k == len(chunks) - 1 or not finite)
+            self.engine.set_gradient_accumulation_boundary(k == steps - 1 or not finite)
             self.engine.backward(loss, scale_wrt_gas=False)
             if not finite:
                 break
@@ -132,12 +165,18 @@ class PolicyLearner:
         if not self.engine.was_step_applied():  # ZeRO 1-3: the reduced partition held a NaN/inf
             return self._count_skip()            # gradient; DeepSpeed dropped the step and its gradients
         self.steps += 1
-        out = {key: value / len(pairs) for key, value in sums.items()}
+        out = {key: value / len(pairs) for key, value in sums.items()} if pairs else {}
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:  # DeepSpeed reports it where it clips (bf16 / ZeRO optimizers)
             out["grad_norm"] = _finite_or_nan(grad_norm)
         out["lr"] = self.cfg.learning_rate
         return out
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A zero loss through a real forward of a one-token pair: a rank without pairs still takes part in
+        every gradient reduction of the step (at every ZeRO stage), adding nothing to it."""
+        dummy = [self.pad_id]
+        return self._pair_logps(self.policy, [PreferencePair(dummy, dummy, dummy)]).sum() * 0.0
 
     def _finite_gradients(self) -> bool:
         """All gradients on the parameters finite on every rank. Only ZeRO 0 keeps them there; ZeRO 1-3
@@ -161,8 +200,7 @@ class PolicyLearner:
     def save_state(self, directory: str | Path) -> None:
         """Policy, optimizer and DeepSpeed's own state (collective: call on every rank)."""
         self.engine.save_checkpoint(str(directory), tag="learner",
-                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps,
-                                                  "label_generator": self.label_generator.get_state()})
+                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps})
 
     def load_state(self, directory: str | Path) -> None:
         path, client = self.engine.load_checkpoint(str(directory), tag="learner", load_optimizer_states=True,
@@ -170,34 +208,40 @@ class PolicyLearner:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed learner checkpoint in {directory}")
         self.steps, self.skipped_steps = int(client["steps"]), int(client["nonfinite_skipped_steps"])
-        self.label_generator.set_state(client["label_generator"])
 
-    def _micro_loss(self, pairs: list[PreferencePair], w: torch.Tensor, total_weight: float):
-        with_extra = self.cfg.algorithm in REFERENCE_SAMPLES
-        if with_extra and any(p.extra_ids is None for p in pairs):
-            raise ValueError(f"--algorithm {self.cfg.algorithm} needs a reference sample (extra_ids) on every pair")
-        if with_extra:  # ỹ has its own prompt row: the three sequences go through in one plain batch
-            logps = sequence_logps(self.policy, self._batch_with_reference_samples(pairs), impl=self.logprob_impl)
+    def _micro_loss(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The summed per-pair loss of one micro-batch and its metrics, through `logprobs.loss_from_hidden`."""
+        with_extra = [p.extra_ids is not None for p in pairs]
+        if any(with_extra) and not all(with_extra):
+            raise ValueError("either every pair of a batch has an extra response (extra_ids) or none has")
+        n, extra = len(pairs), all(with_extra)
+        if extra:  # the extra response has its own prompt row: three rows per pair, one plain batch
+            hidden = response_hidden(self.policy, self._batch_with_extra(pairs))
         else:
-            logps = self._pair_logps(self.policy, pairs)
-        n = len(pairs)
-        if self.reference is None:  # BPO: the behaviour log-probs are this forward's, before any update
-            for p, c, r in zip(pairs, logps[:n].tolist(), logps[n:2 * n].tolist()):
-                if p.ref_chosen_logprob is None:
-                    p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
+            hidden = pair_hidden(self.policy, [p.prompt_ids for p in pairs], [p.chosen_ids for p in pairs],
+                                 [p.rejected_ids for p in pairs], self.pad_id, self.cfg.share_prompt)
         lengths = torch.tensor([len(p.chosen_ids) for p in pairs] + [len(p.rejected_ids) for p in pairs],
-                               dtype=torch.float32)
-        seq = SequenceLogps(
-            policy_chosen=logps[:n], policy_rejected=logps[n:2 * n],
-            ref_chosen=torch.tensor([p.ref_chosen_logprob for p in pairs], dtype=torch.float32),
-            ref_rejected=torch.tensor([p.ref_rejected_logprob for p in pairs], dtype=torch.float32),
-            chosen_len=lengths[:n], rejected_len=lengths[n:])
-        extra = None
-        if with_extra:
-            extra = (logps[2 * n:], torch.tensor([p.extra_ref_logprob for p in pairs], dtype=torch.float32))
-        per_pair, seq, metrics = algorithm_loss(self.cfg, seq, self.params, extra,
-                                                [p.policy_labels for p in pairs], self.label_generator)
-        return (per_pair * w).sum() / total_weight, {**preference_metrics(seq, self.params, per_pair), **metrics}
+                               dtype=torch.float32, device=hidden.hidden.device)
+        metrics: dict[str, float] = {}
+
+        def loss_of_sums(sums: torch.Tensor) -> torch.Tensor:
+            if self.reference is None:  # the behaviour log-probs: these, at the batch's first update
+                for p, c, r in zip(pairs, sums[:n].tolist(), sums[n:2 * n].tolist()):
+                    if p.ref_chosen_logprob is None:
+                        p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
+            seq = SequenceLogps(
+                policy_chosen=sums[:n], policy_rejected=sums[n:2 * n],
+                ref_chosen=torch.tensor([p.ref_chosen_logprob for p in pairs], dtype=torch.float32, device=sums.device),
+                ref_rejected=torch.tensor([p.ref_rejected_logprob for p in pairs], dtype=torch.float32,
+                                          device=sums.device),
+                chosen_len=lengths[:n], rejected_len=lengths[n:])
+            per_pair, seq, algorithm_metrics = self.algorithm.loss(seq, pairs, sums[2 * n:] if extra else None)
+            metrics.update(preference_metrics(seq, self.cfg.beta, per_pair), **algorithm_metrics)
+            return per_pair.sum()
+
+        loss, _ = logprobs.loss_from_hidden(hidden, decoder_and_head(self.policy)[1], loss_of_sums,
+                                            impl=self.logprob_impl)
+        return loss, metrics
 
     # ------------------------------------------------------------------ out
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -237,7 +281,7 @@ def _all_ranks_finite(value: torch.Tensor) -> bool:
     """Every rank takes the same skip decision, or the collective optimizer step would hang."""
     import torch.distributed as dist
 
-    bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0])
+    bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0], device=comm_device())
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(bad)
     return bad.item() == 0

@@ -95,7 +95,7 @@ def test_policy_features_read_token_ids_of_the_given_model(tiny_model_dir):
     ({"explore": "ee-ts", "mixed_share": 1.0}, "mixed_share must be in"),
     ({"explore": "ee-ts", "eval_best_of_n": 1}, "eval_best_of_n must be 0"),
     ({"erm_features": "clip"}, "unknown erm_features"),
-    ({"responses_from": "dataset"}, "unknown responses_from"),
+    ({"explore": "thompson"}, "unknown explore 'thompson'"),
 ])
 def test_config_refuses_bad_exploration_options(options, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,5 +1,8 @@
-"""Run by test_torchrun.py under `torchrun --nproc_per_node=2`: one ZeRO-2 step, each rank on its own pairs,
-after a step that both ranks must skip because rank 1 alone has a NaN gradient.
+"""Run by test_torchrun.py under `torchrun --nproc_per_node=2`, in one of two modes:
+- "nan": one ZeRO step, each rank on its own pairs, after a step that both ranks must skip because rank 1
+  alone has a NaN gradient;
+- "uneven": rank 0 learns from 3 pairs in 3 micro-batches, rank 1 from none (every response was identical):
+  rank 1 must still take part in every collective of the step.
 
 Writes the updated parameters of each rank to OUT/rank{r}.pt for the test to compare.
 """
@@ -14,14 +17,24 @@ from fastalign.learner.learner import PolicyLearner
 from fastalign.types import PreferencePair
 
 
-def pairs_for(rank: int) -> list[PreferencePair]:
+def pairs_for(rank: int, n: int = 2) -> list[PreferencePair]:
     g = torch.Generator().manual_seed(100 + rank)
     rand = lambda k: torch.randint(10, 5000, (k,), generator=g).tolist()  # noqa: E731
-    return [PreferencePair(prompt_ids=rand(6), chosen_ids=rand(4), rejected_ids=rand(5)) for _ in range(2)]
+    return [PreferencePair(prompt_ids=rand(6), chosen_ids=rand(4), rejected_ids=rand(5)) for _ in range(n)]
 
 
-def main(model_dir: str, out: str, zero_stage: int) -> None:
+UNEVEN = dict(dtype="fp32", learning_rate=1e-2, batch_size=3, micro_batch_size=1)
+
+
+def main(model_dir: str, out: str, zero_stage: int, mode: str) -> None:
     rank, world = init_distributed()
+    if mode == "uneven":
+        cfg = RunConfig(model=model_dir, zero_stage=zero_stage, **UNEVEN)
+        learner = PolicyLearner(cfg, Path(model_dir), pad_id=0, world_size=world)
+        metrics = learner.learn(pairs_for(0, 3) if rank == 0 else [])
+        state = {n: t.detach().clone() for n, t in learner.named_weights()}
+        torch.save({**state, "grad_norm": torch.tensor(metrics["grad_norm"])}, Path(out) / f"rank{rank}.pt")
+        return
     cfg = RunConfig(model=model_dir, dtype="fp32", learning_rate=1e-2, batch_size=2, micro_batch_size=2,
                     zero_stage=zero_stage)
     learner = PolicyLearner(cfg, Path(model_dir), pad_id=0, world_size=world)
@@ -36,4 +49,4 @@ def main(model_dir: str, out: str, zero_stage: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
