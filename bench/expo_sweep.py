@@ -87,7 +87,7 @@ def format_row(row: dict) -> str:
             f"{row['response_tokens']:.1f} |")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, type=Path, help="output_dir of a finished run (config.json, final/)")
     parser.add_argument("--aligned", type=Path, default=None, help="aligned model dir (default: RUN/final)")
@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default=None, help="override the run's engine (auto, vllm, hf)")
     parser.add_argument("--num_eval_prompts", type=int, default=None)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     print("| alpha | win rate vs SFT | ties | oracle score | response tokens |\n|---|---|---|---|---|", flush=True)
     result = sweep(args.run, parse_alphas(args.alphas), args.engine, args.aligned, args.num_eval_prompts)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -149,7 +149,7 @@ def print_table(report: dict) -> None:
         )
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--responses", type=int, default=20)
@@ -158,7 +158,11 @@ def main() -> None:
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timed batch of calls")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     report = run(args)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)

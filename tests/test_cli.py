@@ -72,10 +72,11 @@ def test_resume_with_a_changed_config_is_refused(tmp_path, capsys, no_model_load
     (ckpt / "run.json").write_text(json.dumps({"round": 4, "queries": 32, "world_size": 1, "config": saved}))
     files = {"run.json": [(ckpt / "run.json").stat().st_size, hashlib.sha256((ckpt / "run.json").read_bytes()).hexdigest()]}
     (ckpt / "manifest.json").write_text(json.dumps({"round": 4, "files": files}))
-    argv = ["--output_dir", str(tmp_path / "out"), "--resume", "auto"]
+    argv = ["--output_dir", str(tmp_path / "out")]  # --resume auto is the default
     code, err = run_train(argv + ["--beta", "0.2", "--rounds", "50"], capsys)
     assert code == 2 and "cannot resume from" in err and "beta: 0.1 → 0.2" in err and "rounds" not in err.split(";")[0]
-    code, err = run_train(["--output_dir", str(tmp_path / "out")], capsys)  # a fresh run over a resumable one
+    assert "give a new --output_dir" in err
+    code, err = run_train(argv + ["--resume", "no"], capsys)  # a fresh run over a resumable one
     assert code == 2 and "already holds checkpoints" in err and "--resume auto" in err
     (ckpt / "run.json").write_text("{}")  # damaged: nothing usable left to resume from
     code, err = run_train(argv, capsys)
