@@ -40,7 +40,8 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 RESUME_MAY_CHANGE = frozenset({
     "rounds", "max_queries", "time_budget_minutes", "eval_every", "save_final", "tensorboard", "progress",
     "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
-    "oracle_timeout", "oracle_backoff", "threads", "output_dir"})
+    "oracle_timeout", "oracle_backoff", "threads", "output_dir",
+    "judge_url", "reward_url", "oracle_concurrency", "oracle_api_key_env"})  # where a served oracle is reached
 
 
 class CheckpointError(Exception):
