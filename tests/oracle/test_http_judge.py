@@ -220,3 +220,37 @@ def test_letter_probability_sums_every_spelling():
            ("a", math.log(0.3))]  # lower-case 'a' is not the letter asked for
     assert letter_probability(top, "A") == pytest.approx(0.6 / 0.8)
     assert responses_in(pair_question("i", "p", "x", "y")) == ("x", "y")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(oracle="judge", oracle_path="some/dir", judge_url="http://127.0.0.1:8000/v1", judge_model="m"),
+     r"either --oracle_path DIR \(a local judge model\) or --judge_url URL \(a served judge\), not both"),
+    (dict(oracle="judge", judge_url="http://127.0.0.1:8000/v1"), r"needs both --judge_url .* and --judge_model"),
+    (dict(oracle="judge"), r"--oracle judge needs --oracle_path"),
+    (dict(oracle="vader", judge_url="http://127.0.0.1:8000/v1", judge_model="m"), r"--judge_url applies to --oracle judge"),
+    (dict(oracle="judge", judge_url="http://user:sk-123@host/v1", judge_model="m"), r"holds credentials"),
+    (dict(oracle="judge", judge_url="127.0.0.1:8000/v1", judge_model="m"), r"is not an http:// or https:// URL"),
+    (dict(oracle="judge", judge_url="http://h/v1", judge_model="m", judge_endpoint="responses"),
+     r"unknown judge_endpoint 'responses'"),
+    (dict(oracle="judge", judge_url="http://h/v1", judge_model="m", oracle_api_key_env="sk-abc123"),
+     r"takes the NAME of an environment variable .* not the key itself"),
+    (dict(oracle="judge", judge_url="http://h/v1", judge_model="m", oracle_concurrency=0), r"oracle_concurrency must be ≥ 1"),
+])
+def test_config_refuses_bad_served_judge_options(options, message):
+    from fastalign.config import RunConfig
+
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**options).validate()
+
+
+def test_config_builds_the_served_judge_from_cli_flags(serve, monkeypatch):
+    from fastalign.config import parse_args
+    from fastalign.oracle import build_oracle
+
+    service = serve(judge_reply("smollm2"))
+    cfg = parse_args(["--oracle", "judge", "--judge_url", service.url + "/v1", "--judge_model", "smollm2",
+                      "--judge_endpoint", "completions", "--oracle_concurrency", "3", "--oracle_timeout", "5",
+                      "--judge_instruction", "Prefer brevity."])
+    oracle = build_oracle(cfg)
+    assert isinstance(oracle, HttpJudgeOracle) and oracle.endpoint == "completions"
+    assert (oracle.pool._max_workers, oracle.service.timeout, oracle.instruction) == (3, 5.0, "Prefer brevity.")
