@@ -80,6 +80,8 @@ class HttpJudgeOracle(Oracle):
             log.warning("%s has no /models endpoint: the judge model name %r is not checked before the run",
                         self.service.base_url, self.model)
             return
+        except MalformedReply as exc:
+            raise ConfigError(f"the judge server's model list is unreadable: {exc}") from None
         except ServiceError as exc:
             raise ConfigError(f"cannot reach the judge server: {exc} (start it first, e.g. `vllm serve`, "
                               "and check --judge_url, which ends in /v1)") from None
