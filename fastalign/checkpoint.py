@@ -13,13 +13,22 @@ checkpoint directory exists only complete; the manifest also catches later damag
 edited file), and resuming then falls back to the previous checkpoint. The newest `keep` are kept.
 
 The frozen reference model is not saved: it is the run's starting model, reloaded from `model`.
+
+Loading a checkpoint runs no code from it. Every `rank-<r>.pt` holds only plain values and tensors
+(checked when it is written) and is read with `torch.load(weights_only=True)`. DeepSpeed reads its own
+files with `weights_only=False`, so before it does, each `learner/**/*.pt` is opened with
+`weights_only=True` and an allowlist of the few DeepSpeed classes those files hold (`DEEPSPEED_GLOBALS`);
+a file that needs anything else is refused, so DeepSpeed's unpickling can only rebuild those.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import importlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 import shutil
@@ -40,7 +49,17 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 RESUME_MAY_CHANGE = frozenset({
     "rounds", "max_queries", "time_budget_minutes", "eval_every", "save_final", "tensorboard", "progress",
     "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
-    "oracle_timeout", "oracle_backoff", "threads", "output_dir", "dry_run"})
+    "oracle_timeout", "oracle_backoff", "threads", "output_dir", "dry_run",
+    "judge_url", "reward_url", "oracle_concurrency", "oracle_api_key_env"})  # where a served oracle is reached
+
+
+# The classes DeepSpeed 0.19 pickles into its checkpoint files (loss scalers, the ZeRO stage, fragment
+# addresses of ZeRO-1/2 optimizer states); nothing else is let through when they are loaded.
+DEEPSPEED_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                     "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+                     "deepspeed.runtime.zero.config.ZeroStageEnum",
+                     "deepspeed.utils.tensor_fragment.fragment_address")
+_PLAIN = (str, int, float, bool, type(None))  # exact types: np.float64 subclasses float yet is pickled as numpy
 
 
 class CheckpointError(Exception):
@@ -54,15 +73,52 @@ class Stateful(Protocol):
 
 
 class ProcessRng:
-    """The process-wide RNGs (python, numpy, torch): anything a component draws without its own seed."""
+    """The process-wide RNGs (python, numpy, torch): anything a component draws without its own seed.
+    numpy's Mersenne Twister key is kept as a list of ints, so the state loads with weights_only=True."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        numpy_state = np.random.get_state(legacy=False)
+        numpy_state["state"] = {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"])}
+        return {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        numpy_state = dict(state["numpy"])
+        numpy_state["state"] = {"key": np.asarray(numpy_state["state"]["key"], dtype=np.uint32),
+                                "pos": int(numpy_state["state"]["pos"])}
+        np.random.set_state(numpy_state)
         torch.set_rng_state(state["torch"])
+
+
+def check_plain(value: Any, where: str) -> None:
+    """Refuse a state that `torch.load(weights_only=True)` could not read back (e.g. a numpy array):
+    found when the checkpoint is written, not when a resume needs it."""
+    if type(value) in (dict, collections.OrderedDict):
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise CheckpointError(f"{where}: key {key!r} is a {type(key).__name__}; state keys must be str or int")
+            check_plain(item, f"{where}/{key}")
+    elif type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    elif type(value) not in _PLAIN and not isinstance(value, torch.Tensor):
+        raise CheckpointError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}: checkpoint state "
+                              "must be plain Python values and tensors (it is loaded with weights_only=True); "
+                              "convert it in the component's state_dict()")
+
+
+def load_trusted(path: Path, allow: tuple[str, ...] = ()) -> Any:
+    """torch.load with weights_only=True (plus the `allow`ed classes): a file that needs any other Python
+    object is refused, since unpickling it could run code."""
+    classes = [getattr(importlib.import_module(name.rpartition(".")[0]), name.rpartition(".")[2]) for name in allow]
+    try:
+        with torch.serialization.safe_globals(classes):
+            return torch.load(path, weights_only=True, map_location="cpu", mmap=bool(allow))
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} holds more than plain values and tensors ({reason[:300]}): it was not "
+                              "written by fastalign or was tampered with, and is not loaded (unpickling it could "
+                              "run code); resume from a checkpoint you trust") from None
 
 
 # ------------------------------------------------------------------------------------ finding / checking
@@ -211,7 +267,9 @@ class Checkpointer:
         _barrier()
         self.learner.save_state(tmp / "learner")
         rank_file = tmp / f"rank-{self.rank}.pt"
-        torch.save(states if states is not None else self.states(), rank_file)
+        states = states if states is not None else self.states()
+        check_plain(states, "state")
+        torch.save(states, rank_file)
         _barrier()
         if self.rank == 0:
             if self.metrics_path is not None and self.metrics_path.exists():
@@ -248,11 +306,15 @@ class Checkpointer:
         rank_file = path / f"rank-{self.rank}.pt"
         if not rank_file.is_file():
             raise CheckpointError(f"{path} has no state for rank {self.rank} (written by {meta['world_size']} ranks)")
-        states = torch.load(rank_file, weights_only=False)
+        states = load_trusted(rank_file)
+        if not isinstance(states, dict):
+            raise CheckpointError(f"{rank_file} holds a {type(states).__name__}, not fastalign's component states")
         missing = sorted(set(self.components) - set(states))
         if missing:
             raise CheckpointError(f"{path} lacks the state of {', '.join(missing)}: it was written by a run with "
                                   "other components (e.g. another --explore)")
+        for learner_file in sorted((path / "learner").rglob("*.pt")):  # DeepSpeed unpickles them fully
+            load_trusted(learner_file, allow=DEEPSPEED_GLOBALS)
         self.learner.load_state(path / "learner")
         for name, component in self.components.items():
             try:

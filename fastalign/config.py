@@ -10,11 +10,13 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ORACLES = ("vader", "callable", "reward-model", "judge")
+ORACLES = ("vader", "callable", "reward-model", "judge", "remote-reward")
 ENGINES = ("auto", "vllm", "hf")
 EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
 ERM_FEATURES = ("minilm", "policy")
@@ -65,6 +67,13 @@ class RunConfig:
     oracle_retries: int = 3  # retries of a failed/timed-out oracle call (exponential back-off) before failing
     oracle_timeout: float | None = None  # seconds per oracle call; None = wait forever
     oracle_backoff: float = 1.0  # seconds before the first retry; doubles each time
+    # served oracles (docs/oracles.md): every rank sends its queries to the same server
+    judge_url: str | None = None  # --oracle judge served by an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
+    judge_model: str | None = None  # the model name that server serves (its GET /v1/models lists them)
+    judge_endpoint: str = "chat"  # chat: the server applies the model's chat template; completions: a plain prompt
+    reward_url: str | None = None  # --oracle remote-reward: POST endpoint speaking OpenRLHF's remote reward JSON
+    oracle_concurrency: int = 8  # concurrent requests to the judge server, per rank
+    oracle_api_key_env: str = "FASTALIGN_ORACLE_API_KEY"  # NAME of the environment variable holding the API key
     # --- exploration ---
     explore: str = "passive"  # or a SEA rule over the epistemic reward model's samples
     erm_heads: int = 20
@@ -173,7 +182,8 @@ class RunConfig:
         if self.batch_size % self.micro_batch_size:
             raise ConfigError(
                 f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
-        if self.oracle in ("callable", "reward-model", "judge") and not self.oracle_path:
+        self._validate_oracle_service()
+        if self.oracle in ("callable", "reward-model", "judge") and not self.oracle_path and not self.judge_url:
             raise ConfigError(f"--oracle {self.oracle} needs --oracle_path "
                               + ("module:function" if self.oracle == "callable" else "DIR"))
         if self.oracle == "vader" and self.oracle_path:
@@ -226,6 +236,40 @@ class RunConfig:
             raise ConfigError(f"label_smoothing applies to --loss {takes}; not to {self.loss!r}")
         if not self.discopop_tau > 0:
             raise ConfigError(f"discopop_tau must be > 0, got {self.discopop_tau}")
+
+    def _validate_oracle_service(self) -> None:
+        """Served oracles: a URL that is the right kind, for the oracle that uses it, and no secret in the config."""
+        if self.judge_url is not None and self.oracle != "judge":
+            raise ConfigError(f"--judge_url applies to --oracle judge, not {self.oracle!r}")
+        if self.reward_url is not None and self.oracle != "remote-reward":
+            raise ConfigError(f"--reward_url applies to --oracle remote-reward, not {self.oracle!r}")
+        if self.oracle == "judge" and self.judge_url and self.oracle_path:
+            raise ConfigError("--oracle judge takes either --oracle_path DIR (a local judge model) or --judge_url "
+                              "URL (a served judge), not both: drop one of them")
+        if (self.judge_url is None) != (self.judge_model is None):
+            raise ConfigError("a served judge needs both --judge_url (e.g. http://127.0.0.1:8000/v1) and --judge_model "
+                              "(a name the server lists at GET /v1/models)")
+        if self.judge_endpoint not in ("chat", "completions"):
+            raise ConfigError(f"unknown judge_endpoint {self.judge_endpoint!r}: choose chat (the server applies the "
+                              "model's chat template) or completions (a plain prompt, for models without one)")
+        if self.oracle == "remote-reward" and (not self.reward_url or self.oracle_path):
+            raise ConfigError("--oracle remote-reward needs --reward_url URL (and no --oracle_path)")
+        for name in ("judge_url", "reward_url"):
+            url = getattr(self, name)
+            if url is None:
+                continue
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ConfigError(f"--{name} {url!r} is not an http:// or https:// URL")
+            if parts.username is not None or parts.password is not None:
+                raise ConfigError(f"--{name} holds credentials (user:password@), which would be written to "
+                                  "config.json: drop them and put the API key in the environment variable named "
+                                  "by --oracle_api_key_env")
+        if self.oracle_concurrency < 1:
+            raise ConfigError(f"oracle_concurrency must be ≥ 1, got {self.oracle_concurrency}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.oracle_api_key_env or ""):
+            raise ConfigError("--oracle_api_key_env takes the NAME of an environment variable that holds the key "
+                              "(e.g. OPENAI_API_KEY), not the key itself; the key is never written to the run")
 
     def _validate_algorithm(self) -> None:
         from .algorithms import algorithm_class

@@ -91,7 +91,7 @@ def run(cfg: RunConfig) -> dict:
     from .oracle import build_oracle
 
     try:
-        oracle = build_oracle(cfg)
+        oracle = build_oracle(cfg, rank=int(os.environ.get("RANK", "0")))  # torchrun sets RANK before we start
     except (ImportError, AttributeError, TypeError, ValueError, OSError) as exc:
         raise ConfigError(str(exc)) from exc
     if cfg.dry_run:

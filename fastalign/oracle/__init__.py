@@ -1,10 +1,14 @@
-"""Preference oracles: reward functions, reward models and LLM judges behind one batched interface."""
-from .base import Oracle, RewardOracle
+"""Preference oracles: reward functions, reward models and LLM judges (local or served) behind one batched interface."""
+from .base import Oracle, PermanentOracleError, RewardOracle
 from .build import build_oracle
 from .function import CallableOracle, load_callable
-from .judge import DEFAULT_INSTRUCTION, JudgeOracle
+from .http_judge import HttpJudgeOracle
+from .judge import JudgeOracle
+from .pairwise import DEFAULT_INSTRUCTION
+from .remote_reward import RemoteRewardOracle
 from .reward_model import RewardModelOracle
 from .sentiment import VaderOracle
 
-__all__ = ["Oracle", "RewardOracle", "VaderOracle", "CallableOracle", "RewardModelOracle", "JudgeOracle",
-           "DEFAULT_INSTRUCTION", "build_oracle", "load_callable"]
+__all__ = ["Oracle", "RewardOracle", "PermanentOracleError", "VaderOracle", "CallableOracle", "RewardModelOracle",
+           "JudgeOracle", "HttpJudgeOracle", "RemoteRewardOracle", "DEFAULT_INSTRUCTION", "build_oracle",
+           "load_callable"]

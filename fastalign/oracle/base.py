@@ -17,6 +17,10 @@ from ..types import Preference
 _SEED_TAG = 0x0AC1E  # decorrelates the oracle's stream from other components seeded with the same seed
 
 
+class PermanentOracleError(RuntimeError):
+    """A failure retrying cannot fix (an unknown model, a refused key): `DurableOracle` stops at once."""
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Overflow-free logistic function; exactly 0.5 at 0 so ties stay ties."""
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))

@@ -11,7 +11,8 @@ the training labels are drawn by this wrapper's own seeded streams exactly as th
 draw them, and those streams are part of the checkpoint, so a resumed run draws the same labels.
 
 Failures of the wrapped oracle (an exception or a timeout) are retried with exponential back-off; after
-the last retry an `OracleFailure` says what failed and how often.
+the last retry an `OracleFailure` says what failed and how often. A `PermanentOracleError` (e.g. a server
+that does not know the model asked for) is not retried: it would fail the same way again.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Oracle
+from .base import Oracle, PermanentOracleError
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ class DurableOracle(Oracle):
                 if prob.shape != (len(prompts),) or not np.all((prob >= 0) & (prob <= 1)):
                     raise ValueError(f"invalid probabilities {prob!r:.200}")
                 return prob, sa, sb
+            except PermanentOracleError as exc:
+                raise OracleFailure(f"the {self.name} oracle failed on a batch of {len(prompts)} pair(s) and "
+                                    f"retrying cannot help: {exc}") from exc
             except Exception as exc:  # noqa: BLE001 — any failure of user/model code is retried
                 errors.append(f"{type(exc).__name__}: {exc}")
                 log.warning("%s oracle failed (attempt %d of %d): %s", self.name, attempt + 1, self.retries + 1,
@@ -174,3 +178,6 @@ class DurableOracle(Oracle):
         self._file.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        close_inner = getattr(self.inner, "close", None)
+        if close_inner is not None:  # e.g. a served judge's request pool
+            close_inner()

@@ -3,9 +3,8 @@
 No generation: one forward pass per (prompt, order), reading the next-token distribution at the
 start of the assistant's answer. The letter probability sums every single-token spelling of the
 letter ("A" and " A"), and is renormalised over the two letters so that mass on other tokens
-(e.g. "The") does not count. Both orders are asked and averaged to cancel position bias:
-P(a ≻ b) = ½(P_A(a, b) + P_B(b, a)) = ½ + ½(P_A(a, b) − P_A(b, a)), so P(a ≻ b) + P(b ≻ a) = 1 exactly
-and identical responses tie at exactly 0.5.
+(e.g. "The") does not count. The question and the two-order average are `pairwise`'s, shared with
+the served judge (`http_judge`).
 """
 from __future__ import annotations
 
@@ -20,19 +19,7 @@ from ..data import has_chat_template
 from ..models import left_pad, load_tokenizer, torch_dtype
 from .base import Oracle, sigmoid
 from .hf import length_sorted_chunks
-
-DEFAULT_INSTRUCTION = (
-    "You are an impartial judge. Compare the two responses to the user's request below and decide "
-    "which one is more helpful: it follows the request, is accurate, clear and useful.")
-
-PAIR_TEMPLATE = (
-    "{instruction}\n\n"
-    "[Request]\n{prompt}\n\n"
-    "[Response A]\n{first}\n\n"
-    "[Response B]\n{second}\n\n"
-    "Which response is better? Answer with a single letter: A or B.")
-
-LETTERS = ("A", "B")
+from .pairwise import LETTERS, PLAIN_ANSWER_CUE, both_orders, combine_orders, judge_instruction, pair_question
 
 
 def answer_token_ids(tokenizer, letter: str) -> list[int]:
@@ -58,13 +45,11 @@ class JudgeOracle(Oracle):
 
         if batch_size <= 0:
             raise ValueError(f"batch_size must be > 0, got {batch_size}")
-        if instruction is not None and not instruction.strip():
-            raise ValueError("judge instruction is empty: give the criterion, e.g. 'Pick the more polite answer.'")
+        self.instruction = judge_instruction(instruction)
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"judge {str(model_dir)!r} is not a Hugging Face model directory (no config.json)")
         self.name = f"judge {model_dir.name!r}"
-        self.instruction = instruction.strip() if instruction is not None else DEFAULT_INSTRUCTION
         self.batch_size = batch_size
         self.tokenizer = load_tokenizer(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype),
@@ -77,11 +62,11 @@ class JudgeOracle(Oracle):
 
     def judge_text(self, prompt: str, first: str, second: str) -> str:
         """The full judge input up to the first answer token (the assistant turn's start)."""
-        user = PAIR_TEMPLATE.format(instruction=self.instruction, prompt=prompt, first=first, second=second)
+        user = pair_question(self.instruction, prompt, first, second)
         if has_chat_template(self.tokenizer):
             return self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                                       add_generation_prompt=True)
-        return user + "\nAnswer:"
+        return user + PLAIN_ANSWER_CUE
 
     def encode(self, prompt: str, first: str, second: str) -> list[int]:
         text = self.judge_text(prompt, first, second)
@@ -101,9 +86,5 @@ class JudgeOracle(Oracle):
         return out
 
     def _probabilities(self, prompts, a, b):
-        n = len(prompts)
-        seqs = [self.encode(p, x, y) for p, x, y in zip(prompts, a, b)]
-        seqs += [self.encode(p, y, x) for p, x, y in zip(prompts, a, b)]
-        p_first = self.first_wins(seqs)
-        prob_a = 0.5 + 0.5 * (p_first[:n] - p_first[n:])
-        return np.clip(prob_a, 0.0, 1.0), None, None
+        seqs = [self.encode(*question) for question in both_orders(prompts, a, b)]
+        return combine_orders(self.first_wins(seqs)), None, None

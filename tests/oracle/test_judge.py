@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastalign.oracle import JudgeOracle
-from fastalign.oracle.judge import PAIR_TEMPLATE
+from fastalign.oracle.pairwise import PAIR_TEMPLATE
 
 PROMPTS = ["What is 2+2?", "Write a short poem about the sea and the wind over it.", "Name a colour."]
 A = ["4", "Waves roll in, the wind sings softly over the grey water.", "Blue"]
