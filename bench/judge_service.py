@@ -99,7 +99,7 @@ def print_table(report: dict) -> None:
     print("agreement (first served row vs in-process):", report["agreement"])
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--judge_url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--judge_model", required=True, help="the name the server serves the judge under")
@@ -112,7 +112,11 @@ def main() -> None:
                         help="torch threads of the in-process judge (one pass each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     report = run(args)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
