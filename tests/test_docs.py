@@ -143,3 +143,13 @@ def test_every_shown_command_runs_in_a_cheap_form(where, command, sandbox, capsy
         assert re.fullmatch(r"[A-Z_]+=\S*", command.strip()), f"{where}: empty command {command!r}"
         return
     check(argv, capsys)
+
+
+def test_the_configuration_page_names_every_option():
+    import dataclasses
+
+    from fastalign.config import RunConfig
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in dataclasses.fields(RunConfig) if f"`--{f.name}`" not in page]
+    assert not missing, f"docs/configuration.md does not describe {missing}"

@@ -7,9 +7,12 @@ from fastalign.oracle import CallableOracle, JudgeOracle, VaderOracle, build_ora
 
 
 def test_default_is_vader_with_run_settings():
+    from fastalign.seeding import stream_seed
+
     oracle = build_oracle(RunConfig(preference="bt", bt_temperature=0.3, seed=5))
     assert isinstance(oracle, VaderOracle)
-    assert (oracle.preference, oracle.bt_temperature, oracle.seed) == ("bt", 0.3, 5)
+    assert (oracle.preference, oracle.bt_temperature, oracle.seed) == ("bt", 0.3, stream_seed(5, "oracle", 0))
+    assert build_oracle(RunConfig(seed=5), rank=1).seed != oracle.seed  # each rank labels from its own stream
 
 
 def test_callable_from_config(tmp_path, monkeypatch):
