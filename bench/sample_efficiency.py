@@ -46,12 +46,13 @@ METHODS: dict[str, dict] = {
     "best-worst": {"explore": "best-worst", "samples_per_prompt": "{sea_n}"},
     "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
     "offline": {"algorithm": "offline-dpo"},  # DPO on pairs sampled from the frozen reference
-    # the other online algorithms (README "Online algorithms"); SAIL-PP/DP ask no queries, so they have
-    # no curve against queries
+    # the other online algorithms (docs/algorithms.md); SAIL-PP asks about the unrouted share only, SAIL-DP
+    # asks nothing (no curve against queries)
     "selm": {"algorithm": "selm"},
     "xpo": {"algorithm": "xpo"},
     "bpo": {"algorithm": "bpo"},
     "sail-pr": {"algorithm": "sail-pr"},
+    "sail-pp": {"algorithm": "sail-pp"},
 }
 DEFAULT_METHODS = "passive,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"  # `--methods all` adds the algorithms
 # options that schedule or operate a run without shaping its curve (dtype "auto" is saved resolved)
