@@ -159,7 +159,8 @@ class OnlineLoop:
             prompts, completions, queries=self.state.queries)
         by_model = (np.zeros(len(prompts), dtype=bool) if algorithm.fixed_pair else self.explorer.model_labelled)
         keep = np.flatnonzero(idx[:, 0] >= 0)  # rows whose responses were all identical have no pair
-        prompts, completions, idx, by_model = [prompts[k] for k in keep], [completions[k] for k in keep], idx[keep], by_model[keep]
+        prompts, completions = [prompts[k] for k in keep], [completions[k] for k in keep]
+        idx, by_model = idx[keep], by_model[keep]
         labelled_by = algorithm.label_sources(len(prompts), stream_rng(cfg.seed, "label-sources", self.state.round,
                                                                        self.rank))
         labelled_by[by_model] = REWARD_MODEL  # SEA mixed preference: the reward model's confident pair

@@ -48,7 +48,8 @@ class SequenceLogps:
     def swapped(self, swap: torch.Tensor) -> "SequenceLogps":
         """The pairs with chosen and rejected exchanged where `swap` is true (differentiable)."""
         pick = lambda a, b: torch.where(swap, b, a)  # noqa: E731
-        return SequenceLogps(pick(self.policy_chosen, self.policy_rejected), pick(self.policy_rejected, self.policy_chosen),
+        return SequenceLogps(pick(self.policy_chosen, self.policy_rejected),
+                             pick(self.policy_rejected, self.policy_chosen),
                              pick(self.ref_chosen, self.ref_rejected), pick(self.ref_rejected, self.ref_chosen),
                              pick(self.chosen_len, self.rejected_len), pick(self.rejected_len, self.chosen_len))
 
@@ -214,13 +215,16 @@ class LossSpec:
 
 LOSSES: dict[str, LossSpec] = {
     "dpo": LossSpec(dpo, "−log σ(βh)", "Rafailov et al. 2023 (TRL: sigmoid)"),
-    "cdpo": LossSpec(cdpo, "−(1−ε) log σ(βh) − ε log σ(−βh)", "conservative DPO (TRL ≤ 0.28: sigmoid + ε)",
+    "cdpo": LossSpec(cdpo, "−(1−ε) log σ(βh) − ε log σ(−βh)",
+                     "conservative DPO (TRL ≤ 0.28: sigmoid + ε)",
                      smoothing="required"),
-    "robust": LossSpec(robust, "[−(1−ε) log σ(βh) + ε log σ(−βh)] / (1−2ε)", "Chowdhury et al. 2024 (TRL: robust)",
+    "robust": LossSpec(robust, "[−(1−ε) log σ(βh) + ε log σ(−βh)] / (1−2ε)",
+                       "Chowdhury et al. 2024 (TRL: robust)",
                        smoothing="required"),
     "ipo": LossSpec(ipo, "(h_avg − 1/(2β))², length-averaged log-ratios", "Azar et al. 2023 (TRL: ipo)"),
     "slic": LossSpec(slic, "relu(1 − βh)", "Zhao et al. 2023 (TRL: hinge)"),
-    "simpo": LossSpec(simpo, "−log σ(β(avg log π(y_w) − avg log π(y_l)) − γ), γ = ratio·β", "Meng et al. 2024"),
+    "simpo": LossSpec(simpo, "−log σ(β(avg log π(y_w) − avg log π(y_l)) − γ), γ = ratio·β",
+                      "Meng et al. 2024"),
     "exo_pair": LossSpec(exo_pair, "σ(βh)(log σ(βh) − log(1−ε)) + σ(−βh)(log σ(−βh) − log ε)",
                          "Ji et al. 2024, EXO (TRL: exo_pair)", smoothing="required"),
     "nca_pair": LossSpec(nca_pair, "−log σ(β·cl) − ½ log σ(−β·cl) − ½ log σ(−β·rl)",

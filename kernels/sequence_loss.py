@@ -68,7 +68,8 @@ class SequenceLossCPU(torch.autograd.Function):
         need = ctx.needs_input_grad[:3]
         grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need[0] else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if need[1] else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device) if need[2] and bias is not None else None
+        grad_b = (torch.zeros(weight.shape[0], dtype=torch.float32, device=h.device)
+                  if need[2] and bias is not None else None)
         if any(need):
             for start, (e, s) in zip(starts, kept):
                 hc, tgt = h[start:start + chunk].float(), targets[start:start + chunk]
@@ -96,7 +97,8 @@ class SequenceLossCPU(torch.autograd.Function):
 
 def sequence_loss_cpu(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                       seq_index: torch.Tensor, n_seq: int, loss_of_sums: LossOfSums, temperature: float = 1.0,
-                      chunk: int | None = None, keep_elements: int = KEEP_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+                      chunk: int | None = None,
+                      keep_elements: int = KEEP_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """CPU path: (loss, sums detached); differentiable in hidden, weight and bias."""
     rows = chunk or chunk_rows(weight.shape[0])
     return SequenceLossCPU.apply(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature, rows,

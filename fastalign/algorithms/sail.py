@@ -35,9 +35,9 @@ class SAIL(Algorithm):
     preference gradient would vanish, so a configuration without a labelled share is refused.
 
     Per pair (minimised; λ = `--sail_coef`, routed pairs only):
-        PR  −ℓ  − λ·sg(ℓ)·(log π(y_w) + log π(y_l))                  all pairs oracle-labelled
-        PP  −ℓ  − λ·sg(ℓ)·(log π(y_w) + log π(y_l)) − ½λ·ℓ²         routed pairs labelled by P_θ, no query
-        DP  −ℓ  − ½λ·ℓ²                                              dataset pairs, routed labels redrawn from P_θ
+        PR  −ℓ − λ·sg(ℓ)·(log π(y_w) + log π(y_l))            all pairs oracle-labelled
+        PP  −ℓ − λ·sg(ℓ)·(log π(y_w) + log π(y_l)) − ½λ·ℓ²   routed pairs labelled by P_θ, no query
+        DP  −ℓ − ½λ·ℓ²                                        dataset pairs, routed labels redrawn from P_θ
     −½λℓ² is the authors' label term (its gradient is −λℓ∇ℓ). Routing is drawn per pair: each update
     for PR and DP (as the authors' per-step multinomial), once when the batch is collected for PP (its
     labels decide which pairs are queried). PP draws its labels from σ(βh) of the policy at collection

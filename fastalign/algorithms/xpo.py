@@ -28,10 +28,12 @@ class XPO(Algorithm):
 
     @classmethod
     def check(cls, cfg: RunConfig) -> None:
-        cls.refuse_exploration(cfg, "judges one policy sample against one reference sample, so there is no pair to choose")
+        cls.refuse_exploration(cfg, "judges one policy sample against one reference sample, so there is no "
+                                    "pair to choose")
         if cfg.samples_per_prompt != 2:
             raise ConfigError(f"--algorithm xpo samples one response from the policy and one from the reference "
-                              f"per prompt; --samples_per_prompt {cfg.samples_per_prompt} does not apply (leave it at 2)")
+                              f"per prompt; --samples_per_prompt {cfg.samples_per_prompt} does not apply "
+                              "(leave it at 2)")
         require_pair_loss(cls, cfg, ("dpo", "ipo"), "is defined with the DPO or IPO pair loss (as TRL and oat)")
 
     def sample(self, sampler: Sampler, prompts: list[Prompt], seed_for) -> list[list[Completion]]:

@@ -168,7 +168,8 @@ def loss_from_hidden(h: ResponseHidden, head: torch.nn.Module, loss_of_sums: Los
                              temperature=temperature, impl=impl)
 
 
-def summed_logps(h: ResponseHidden, head: torch.nn.Module, impl: str = "auto", temperature: float = 1.0) -> torch.Tensor:
+def summed_logps(h: ResponseHidden, head: torch.nn.Module, impl: str = "auto",
+                 temperature: float = 1.0) -> torch.Tensor:
     """Summed response log-probs [n_seq] (fp32), differentiable through the model."""
     if impl == "naive":
         return sums_of_positions(_naive_token_logps(h, head, temperature), h.seq_index, h.n_seq)
