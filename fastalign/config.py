@@ -255,16 +255,11 @@ class RunConfig:
         if self.oracle == "remote-reward" and (not self.reward_url or self.oracle_path):
             raise ConfigError("--oracle remote-reward needs --reward_url URL (and no --oracle_path)")
         for name in ("judge_url", "reward_url"):
-            url = getattr(self, name)
-            if url is None:
-                continue
-            parts = urllib.parse.urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(f"--{name} {url!r} is not an http:// or https:// URL")
-            if parts.username is not None or parts.password is not None:
-                raise ConfigError(f"--{name} holds credentials (user:password@), which would be written to "
-                                  "config.json: drop them and put the API key in the environment variable named "
-                                  "by --oracle_api_key_env")
+            if getattr(self, name) is not None:
+                try:
+                    check_service_url(getattr(self, name), name)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
         if self.oracle_concurrency < 1:
             raise ConfigError(f"oracle_concurrency must be ≥ 1, got {self.oracle_concurrency}")
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.oracle_api_key_env or ""):
@@ -321,6 +316,18 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
         return cls.from_dict(data, source=str(path))
+
+
+def check_service_url(url: str, option: str) -> str:
+    """An http(s) URL without credentials in it (they would end up in config.json and the logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--{option} {url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"--{option} holds credentials (user:password@): they would be written to config.json; "
+                         "drop them from the URL and put the API key in the environment variable named by "
+                         "--oracle_api_key_env")
+    return url.rstrip("/")
 
 
 def _triton_can_run() -> bool:

@@ -15,11 +15,10 @@ import json
 import os
 import socket
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RunConfig, check_service_url
 from .base import PermanentOracleError
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -40,18 +39,6 @@ class ServiceRejected(PermanentOracleError):
     def __init__(self, message: str, status: int):
         super().__init__(message)
         self.status = status
-
-
-def check_service_url(url: str, option: str) -> str:
-    """An http(s) URL without credentials in it (they would end up in config.json and the logs)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"--{option} {url!r} is not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError(f"--{option} holds credentials (user:password@): they would be written to config.json; "
-                         "drop them from the URL and put the API key in the environment variable named by "
-                         "--oracle_api_key_env")
-    return url.rstrip("/")
 
 
 def api_key_from_env(env_name: str) -> str | None:
