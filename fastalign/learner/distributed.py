@@ -34,6 +34,8 @@ def init_distributed() -> tuple[int, int]:
     Also adopts a process group someone else created (e.g. an engine started first in a library use),
     filling in the launcher variables DeepSpeed insists on.
     """
+    # name DeepSpeed's accelerator, instead of letting it warn at import that it fell back to the CPU
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     if dist.is_initialized():
         os.environ.setdefault("RANK", str(dist.get_rank()))
         os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
