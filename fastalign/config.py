@@ -20,9 +20,11 @@ REFERENCE_SAMPLES = ("selm", "xpo")  # need ỹ ~ π_ref each round
 POLICY_LABELS = ("sail-pp", "sail-dp")  # labels from the policy's implicit reward: no oracle queries
 DATASET_RESPONSES = ("sail-dp",)  # responses from the prompt set, not from the policy
 SAIL_SAMPLING = ("exact", "authors")  # SAIL's sampling term: the score-function gradient, or the released code's
-ORACLES = ("vader", "callable", "reward-model", "judge")
+ORACLES = ("vader", "rubric", "callable", "reward-model", "judge")
 ENGINES = ("auto", "vllm", "hf")
-EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
+EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n", "apl")
+HEAD_DRAWS = ("batch", "prompt")  # SEA Thompson heads: one draw per round's batch (oat's default) or per prompt
+MIXED_GATED_OUT = ("drop", "oracle")  # a model-label candidate the gate refuses: dropped, or asked as usual
 ERM_FEATURES = ("minilm", "policy")
 RESPONSE_SOURCES = ("policy", "reference")
 PREFERENCE_MODES = ("deterministic", "bt")
@@ -78,6 +80,13 @@ class RunConfig:
     mixed_share: float = 0.0  # SEA mixed preference learning: share of prompts labelled by the reward model
     mixed_burn_in: int = 32  # oracle queries before the reward model labels any pair itself
     eval_best_of_n: int = 0  # >0: also judge the best of N sampled responses by the reward model's mean
+    # --- exploration: diagnostics, mixed-preference gate, Thompson draws, APL (docs/exploration.md) ---
+    head_draws: str = "batch"  # ee-ts/bai-ts heads: one draw per round's batch (as oat) or one per prompt
+    erm_window: int = 32  # oracle pairs in the recent prequential accuracy (logged; the mixed gate reads it)
+    mixed_min_agreement: float = 0.9  # gate (i): share of heads that must prefer the model's label
+    mixed_min_accuracy: float = 0.75  # gate (ii): recent prequential accuracy needed (0 = no such condition)
+    mixed_gated_out: str = "drop"  # a refused candidate: "drop" (not asked, not trained on) or "oracle"
+    apl_pool_factor: int = 4  # APL: prompts drawn per round = factor × batch_size; the top-entropy batch is kept
     responses_from: str = "policy"  # "reference": pairs sampled from the frozen reference (offline DPO)
     # --- algorithm (fastalign/learner/algorithms.py: formulas and papers) ---
     algorithm: str = "online-dpo"  # online-dpo, selm, xpo, bpo, sail-pr, sail-pp, sail-dp
@@ -182,8 +191,8 @@ class RunConfig:
         if self.oracle in ("callable", "reward-model", "judge") and not self.oracle_path:
             raise ConfigError(f"--oracle {self.oracle} needs --oracle_path "
                               + ("module:function" if self.oracle == "callable" else "DIR"))
-        if self.oracle == "vader" and self.oracle_path:
-            raise ConfigError("--oracle_path is not used by the vader oracle; drop it or pick another --oracle")
+        if self.oracle in ("vader", "rubric") and self.oracle_path:
+            raise ConfigError(f"--oracle_path is not used by the {self.oracle} oracle; drop it or pick another --oracle")
         if self.judge_instruction is not None and self.oracle != "judge":
             raise ConfigError("--judge_instruction applies only to --oracle judge")
         if self.model != DEFAULT_MODEL and not Path(self.model).is_dir():
@@ -197,6 +206,7 @@ class RunConfig:
         if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
             raise ConfigError(f"deepspeed_config not found: {self.deepspeed_config!r}")
         self._validate_reliability()
+        self._validate_exploration()
         if self.max_queries is not None and self.max_queries < self.batch_size:
             raise ConfigError(f"max_queries ({self.max_queries}) is below one round's batch_size ({self.batch_size})")
         return self
@@ -215,6 +225,27 @@ class RunConfig:
         if self.resume is not None and self.resume != "auto" and not Path(self.resume).is_dir():
             raise ConfigError(f"--resume {self.resume!r}: no such directory (give a checkpoint directory, "
                               "a directory of checkpoints, or 'auto' for output_dir's latest)")
+
+    def _validate_exploration(self) -> None:
+        """Prequential window, mixed-preference gate, Thompson head draws and APL (docs/exploration.md)."""
+        self._choice("head_draws", HEAD_DRAWS)
+        self._choice("mixed_gated_out", MIXED_GATED_OUT)
+        if self.erm_window < 1:
+            raise ConfigError(f"erm_window must be ≥ 1 oracle pair, got {self.erm_window}")
+        for name in ("mixed_min_agreement", "mixed_min_accuracy"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1] (a share), got {getattr(self, name)}")
+        if self.apl_pool_factor < 1:
+            raise ConfigError(f"apl_pool_factor must be ≥ 1 (1 = no prompt selection, as oat), got {self.apl_pool_factor}")
+        if self.explore != "apl":
+            return
+        for name, used in {"mixed_share": self.mixed_share > 0, "eval_best_of_n": self.eval_best_of_n != 0}.items():
+            if used:
+                raise ConfigError(f"--{name} needs the epistemic reward model, which --explore apl does not keep "
+                                  "(it ranks with the policy's implicit reward): pick a SEA --explore or drop it")
+        if self.algorithm == "bpo":
+            raise ConfigError("--explore apl ranks pairs by log π_θ − log π_ref, and --algorithm bpo keeps no frozen "
+                              "reference: use another --algorithm or --explore")
 
     def _validate_algorithm(self) -> None:
         self._choice("algorithm", ALGORITHMS)
