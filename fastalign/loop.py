@@ -141,7 +141,7 @@ class OnlineLoop:
     def round(self) -> dict[str, float]:
         cfg, times = self.cfg, {}
         t = time.perf_counter()
-        prompts = self.stream.next_batch(cfg.batch_size)
+        prompts = self.stream.next_batch(self.explorer.prompts_per_round(cfg.batch_size))  # APL: a larger pool
         seed = cfg.seed * 1_000_003 + self.state.round * self.world_size + self.rank
         if self.dataset_responses is not None:  # SAIL-DP: the prompt set's own responses
             completions = [self.dataset_responses[p.instruction] for p in prompts]
@@ -197,7 +197,7 @@ class OnlineLoop:
         row = {"round": self.state.round, **train_metrics, **explore_metrics,
                **{f"time/{k}": v for k, v in times.items()},
                "pairs_per_sec": len(prompts) * self.world_size / total, "ties": ties,
-               "model_labelled": int(by_model.sum()),
+               "model_labelled": int(by_model.sum()), "learner_steps": self.learner.steps,
                "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))}
         self.metrics.log("train", self.state.queries, row)
         return row

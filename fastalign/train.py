@@ -124,7 +124,8 @@ def run(cfg: RunConfig) -> dict:
     set_torch_threads(cfg.threads)
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=cfg.seed + rank), engine=engine,
-                      explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank, policy=learner.reference), oracle=oracle, learner=learner,
+                      explorer=build_explorer(cfg, seed=cfg.seed * 7919 + rank, policy=learner.reference,
+                                              implicit_rewards=learner.implicit_rewards), oracle=oracle, learner=learner,
                       evaluator=evaluator, metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
                                                             rebuild_tensorboard=cfg.resume is not None),
                       rank=rank, world_size=world, tokenizer=tokenizer, dataset_responses=dataset_responses)
