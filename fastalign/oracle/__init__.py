@@ -4,7 +4,8 @@ from .build import build_oracle
 from .function import CallableOracle, load_callable
 from .judge import DEFAULT_INSTRUCTION, JudgeOracle
 from .reward_model import RewardModelOracle
+from .rubric import RubricOracle
 from .sentiment import VaderOracle
 
-__all__ = ["Oracle", "RewardOracle", "VaderOracle", "CallableOracle", "RewardModelOracle", "JudgeOracle",
-           "DEFAULT_INSTRUCTION", "build_oracle", "load_callable"]
+__all__ = ["Oracle", "RewardOracle", "VaderOracle", "RubricOracle", "CallableOracle", "RewardModelOracle",
+           "JudgeOracle", "DEFAULT_INSTRUCTION", "build_oracle", "load_callable"]

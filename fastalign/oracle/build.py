@@ -7,6 +7,7 @@ from .base import Oracle
 from .function import CallableOracle
 from .judge import JudgeOracle
 from .reward_model import RewardModelOracle
+from .rubric import RubricOracle
 from .sentiment import VaderOracle
 
 
@@ -18,6 +19,8 @@ def build_oracle(cfg: RunConfig) -> Oracle:
     common = {"preference": cfg.preference, "bt_temperature": cfg.bt_temperature, "seed": cfg.seed}
     if cfg.oracle == "vader":
         return VaderOracle(**common)
+    if cfg.oracle == "rubric":
+        return RubricOracle(**common)
     if cfg.oracle in ("callable", "reward-model", "judge") and not cfg.oracle_path:
         raise ConfigError(f"--oracle {cfg.oracle} needs --oracle_path")
     if cfg.oracle == "callable":
@@ -26,4 +29,4 @@ def build_oracle(cfg: RunConfig) -> Oracle:
         return RewardModelOracle(resolve_model_dir(cfg.oracle_path), **common)
     if cfg.oracle == "judge":
         return JudgeOracle(resolve_model_dir(cfg.oracle_path), instruction=cfg.judge_instruction, **common)
-    raise ConfigError(f"unknown oracle {cfg.oracle!r}: choose vader, callable, reward-model or judge")
+    raise ConfigError(f"unknown oracle {cfg.oracle!r}: choose vader, rubric, callable, reward-model or judge")
