@@ -83,9 +83,9 @@ class RunConfig:
     # --- exploration: diagnostics, mixed-preference gate, Thompson draws, APL (docs/exploration.md) ---
     head_draws: str = "batch"  # ee-ts/bai-ts heads: one draw per round's batch (as oat) or one per prompt
     erm_window: int = 32  # oracle pairs in the recent prequential accuracy (logged; the mixed gate reads it)
-    mixed_min_agreement: float = 0.9  # gate (i): share of heads that must prefer the model's label
-    mixed_min_accuracy: float = 0.75  # gate (ii): recent prequential accuracy needed (0 = no such condition)
-    mixed_gated_out: str = "drop"  # a refused candidate: "drop" (not asked, not trained on) or "oracle"
+    mixed_min_confidence: float = 0.9  # gate (i): the ensemble's P(label) = mean over heads of σ(margin) needed
+    mixed_min_accuracy: float = 0.6  # gate (ii): recent prequential accuracy needed (0 = no such condition)
+    mixed_gated_out: str = "oracle"  # a refused candidate: asked with the rule's own pair, or "drop"ped (not asked)
     apl_pool_factor: int = 4  # APL: prompts drawn per round = factor × batch_size; the top-entropy batch is kept
     responses_from: str = "policy"  # "reference": pairs sampled from the frozen reference (offline DPO)
     # --- algorithm (fastalign/learner/algorithms.py: formulas and papers) ---
@@ -232,9 +232,9 @@ class RunConfig:
         self._choice("mixed_gated_out", MIXED_GATED_OUT)
         if self.erm_window < 1:
             raise ConfigError(f"erm_window must be ≥ 1 oracle pair, got {self.erm_window}")
-        for name in ("mixed_min_agreement", "mixed_min_accuracy"):
+        for name in ("mixed_min_confidence", "mixed_min_accuracy"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1] (a share), got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be in [0, 1] (a probability), got {getattr(self, name)}")
         if self.apl_pool_factor < 1:
             raise ConfigError(f"apl_pool_factor must be ≥ 1 (1 = no prompt selection, as oat), got {self.apl_pool_factor}")
         if self.explore != "apl":

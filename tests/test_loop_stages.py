@@ -101,7 +101,7 @@ class CountE:
 def sea_explorer(share: float, burn_in: int) -> EpistemicExplorer:
     model = EpistemicRewardModel(feature_dim=2, num_heads=3, hidden=8, seed=0)
     return EpistemicExplorer("ee-ts", CountE(), model, seed=0, mixed_share=share, mixed_burn_in=burn_in,
-                             mixed_min_agreement=0.0, mixed_min_accuracy=0.0)  # ungated, as oat
+                             mixed_min_confidence=0.0, mixed_min_accuracy=0.0)  # ungated, as oat
 
 
 def test_mixed_preference_pairs_are_trained_but_not_counted_as_queries(tmp_path):
@@ -129,13 +129,13 @@ def test_best_of_n_evaluation_ranks_samples_with_the_explorer(tmp_path):
 def gated_explorer(gated_out: str) -> EpistemicExplorer:
     model = EpistemicRewardModel(feature_dim=2, num_heads=3, hidden=8, seed=0)
     return EpistemicExplorer("ee-ts", CountE(), model, seed=0, mixed_share=0.5, mixed_burn_in=8,
-                             mixed_min_agreement=0.0, mixed_min_accuracy=0.5, window=100, gated_out=gated_out)
+                             mixed_min_confidence=0.0, mixed_min_accuracy=0.5, window=100, gated_out=gated_out)
 
 
 def test_gated_out_rows_are_neither_asked_nor_trained_on(tmp_path):
     # a window of 100 oracle pairs is never filled here: after the burn-in every candidate is refused
     loop, _, learner, oracle = make_loop(tmp_path, gated_explorer("drop"), explore="ee-ts", samples_per_prompt=4,
-                                         mixed_share=0.5, mixed_burn_in=8, rounds=4)
+                                         mixed_share=0.5, mixed_burn_in=8, mixed_gated_out="drop", rounds=4)
     loop.run()
     train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
     assert [r["queries"] for r in train] == [4, 8, 10, 12] and oracle.queries == 12

@@ -97,18 +97,18 @@ class EpistemicExplorer(PassiveExplorer):
     Mixed preference learning (`mixed_share` > 0, after `mixed_burn_in` oracle queries): that share of
     the prompts, drawn at random (as oat's `ModelBasedExplorer`), become candidates for a model label:
     the pair with the largest margin under one sampled head, best ≻ worst. The gate lets the model label
-    a candidate only if (i) at least `mixed_min_agreement` of the heads prefer the same response and
-    (ii) the prequential accuracy over the last `window` oracle pairs is at least `mixed_min_accuracy`
+    a candidate only if (i) the ensemble's probability of that label, mean_e σ(r_e(best) − r_e(worst)),
+    is at least `mixed_min_confidence` and (ii) the prequential accuracy over the last `window` oracle pairs is at least `mixed_min_accuracy`
     (0 turns (ii) off; otherwise it stays closed until `window` pairs were predicted). A refused
-    candidate is dropped (`gated_out="drop"`: neither asked nor trained on, its query not spent) or gets
-    the rule's ordinary pair and goes to the oracle (`"oracle"`). Model-labelled rows are marked in
+    candidate gets the rule's ordinary pair and goes to the oracle (`gated_out="oracle"`), or is dropped
+    (`"drop"`: neither asked nor trained on, its query not spent). Model-labelled rows are marked in
     `model_labelled`; the reward model never trains on its own labels. docs/exploration.md has the rule.
     """
 
     def __init__(self, strategy: str, features: FeatureExtractor, reward_model: EpistemicRewardModel, seed: int,
                  *, by_tokens: bool = False, head_draws: str = "batch", window: int = 32,
-                 mixed_share: float = 0.0, mixed_burn_in: int = 0, mixed_min_agreement: float = 0.9,
-                 mixed_min_accuracy: float = 0.75, gated_out: str = "drop"):
+                 mixed_share: float = 0.0, mixed_burn_in: int = 0, mixed_min_confidence: float = 0.9,
+                 mixed_min_accuracy: float = 0.6, gated_out: str = "oracle"):
         super().__init__(seed)
         if head_draws not in HEAD_DRAWS or gated_out not in MIXED_GATED_OUT:
             raise ValueError(f"head_draws must be one of {HEAD_DRAWS} and gated_out one of {MIXED_GATED_OUT}, "
@@ -116,7 +116,8 @@ class EpistemicExplorer(PassiveExplorer):
         self.strategy, self.features, self.reward_model = strategy, features, reward_model
         self.by_tokens, self.head_draws = by_tokens, head_draws
         self.mixed_share, self.mixed_burn_in = mixed_share, mixed_burn_in
-        self.mixed_min_agreement, self.mixed_min_accuracy, self.gated_out = mixed_min_agreement, mixed_min_accuracy, gated_out
+        self.mixed_min_confidence, self.mixed_min_accuracy = mixed_min_confidence, mixed_min_accuracy
+        self.gated_out = gated_out
         self.prequential = PrequentialRecord(window)
         self._phi: torch.Tensor | None = None
         self._rng = np.random.default_rng(seed)
@@ -169,9 +170,9 @@ class EpistemicExplorer(PassiveExplorer):
         rows = np.flatnonzero(candidates)
         pairs = confident_pairs(rewards[rows], ids[rows], self._rng)
         valid = pairs[:, 0] >= 0
-        agreement = head_agreement(rewards[rows], pairs)
+        confidence = pair_view(rewards[rows], pairs).prob
         gate_open = self.accuracy_gate_open()
-        labelled = valid & (agreement >= self.mixed_min_agreement) & gate_open
+        labelled = valid & (confidence >= self.mixed_min_confidence) & gate_open
         idx[rows[labelled]] = pairs[labelled]
         self.model_labelled[rows[labelled]] = True
         refused = rows[valid & ~labelled]
@@ -179,7 +180,7 @@ class EpistemicExplorer(PassiveExplorer):
             idx[refused] = -1
         return {"mixed/candidates": float(valid.sum()), "mixed/model_labelled": float(labelled.sum()),
                 "mixed/gated_out": float(refused.size), "mixed/gate_open": float(gate_open),
-                "mixed/agreement": float(agreement[valid].mean()) if valid.any() else float("nan")}
+                "mixed/confidence": float(confidence[valid].mean()) if valid.any() else float("nan")}
 
     def observe(self, rows: np.ndarray, idx: np.ndarray, a_wins: np.ndarray, informative: np.ndarray) -> dict:
         """Predict the informative labelled pairs (rows of this round's selection), then add them and train."""
@@ -209,17 +210,13 @@ class EpistemicExplorer(PassiveExplorer):
         self.prequential.load_state_dict(state["prequential"])
 
 
-def head_agreement(rewards: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """[B, N, E] rewards and [B, 2] pairs (first, second) → [B] share of heads preferring first (ties ½).
-
-    Rows without a pair (-1) get NaN.
-    """
+def pair_view(rewards: np.ndarray, pairs: np.ndarray) -> PairPrediction:
+    """[B, N, E] reward samples and [B, 2] pairs (first, second) → the ensemble's view of first ≻ second
+    (probability, agreement, margins; `PairPrediction`). Rows without a pair (-1) read as ties."""
     B = rewards.shape[0]
-    valid = pairs[:, 0] >= 0
-    first, second = np.where(valid, pairs[:, 0], 0), np.where(valid, pairs[:, 1], 0)
+    first, second = np.maximum(pairs[:, 0], 0), np.maximum(pairs[:, 1], 0)
     margins = rewards[np.arange(B), first].astype(np.float64) - rewards[np.arange(B), second].astype(np.float64)
-    agreement = PairPrediction.from_margins(margins.T).agreement
-    return np.where(valid, agreement, np.nan)
+    return PairPrediction.from_margins(np.where((pairs[:, 0] >= 0)[:, None], margins, 0.0).T)
 
 
 def confident_pairs(rewards: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -266,5 +263,5 @@ def build_explorer(cfg, seed: int, policy: torch.nn.Module | None = None,
     model = EpistemicRewardModel(feature_dim=features.dim, num_heads=cfg.erm_heads, seed=seed)
     return EpistemicExplorer(cfg.explore, features, model, seed, by_tokens=by_tokens, head_draws=cfg.head_draws,
                              window=cfg.erm_window, mixed_share=cfg.mixed_share, mixed_burn_in=cfg.mixed_burn_in,
-                             mixed_min_agreement=cfg.mixed_min_agreement,
+                             mixed_min_confidence=cfg.mixed_min_confidence,
                              mixed_min_accuracy=cfg.mixed_min_accuracy, gated_out=cfg.mixed_gated_out)

@@ -1,9 +1,10 @@
 """The mixed-preference gate, Thompson head draws per batch or per prompt, and the explorer's resumable state.
 
-Gate (docs/exploration.md): a candidate row gets the model's label only if (i) the share of heads
-preferring its label reaches `mixed_min_agreement` and (ii) the prequential accuracy over the last
-`window` oracle pairs reaches `mixed_min_accuracy`; otherwise it is dropped (or, with gated_out="oracle",
-asked as usual). Reward samples are fixed by hand so that every expected pair is known.
+Gate (docs/exploration.md): a candidate row gets the model's label only if (i) the ensemble's probability
+of its label, mean_e σ(r_e(best) − r_e(worst)), reaches `mixed_min_confidence` and (ii) the prequential
+accuracy over the last `window` oracle pairs reaches `mixed_min_accuracy`; otherwise it is asked as usual
+(gated_out="oracle", the default) or dropped (gated_out="drop"). Reward samples are fixed by hand so that
+every expected pair is known.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fastalign.explore.explorer import EpistemicExplorer, head_agreement
+from fastalign.explore.explorer import EpistemicExplorer, pair_view
 from fastalign.explore.reward_model import EpistemicRewardModel, PairPrediction
 from fastalign.explore.selection import RowStreams, select_pairs
 from fastalign.types import Completion, Prompt
@@ -41,23 +42,29 @@ def batch(B: int, N: int) -> tuple[list[Prompt], list[list[Completion]]]:
 
 
 def explorer(rewards: np.ndarray, **gate) -> EpistemicExplorer:
-    options = dict(mixed_share=1.0, mixed_burn_in=0, mixed_min_agreement=0.75, mixed_min_accuracy=0.0, window=4)
+    options = dict(mixed_share=1.0, mixed_burn_in=0, mixed_min_confidence=0.75, mixed_min_accuracy=0.0, window=4,
+                   gated_out="drop")
     options.update(gate)
     return EpistemicExplorer("ee-ts", Constant(), FixedRewards(rewards), seed=0, **options)
 
 
-# Row 0: all 4 heads rank response 0 over 1. Row 1: heads 0-1 prefer 0, heads 2-3 prefer 1 (agreement ½).
+# Row 0: all 4 heads rank response 0 over 1 by 2, P = σ(2) = 0.881. Row 1: heads 0-1 prefer 0 by 1, heads 2-3
+# prefer 1 by 1: P = (σ(1) + σ(1) + σ(−1) + σ(−1))/4 = ½ whichever order the sampled head gives.
 AGREED_AND_SPLIT = np.array([[[2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]],
                              [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]])
 
 
-def test_head_agreement_counts_the_heads_behind_a_label():
-    assert head_agreement(AGREED_AND_SPLIT, np.array([[0, 1], [1, 0]])).tolist() == [1.0, 0.5]
-    assert head_agreement(AGREED_AND_SPLIT, np.array([[1, 0], [-1, -1]]))[0] == 0.0
-    assert np.isnan(head_agreement(AGREED_AND_SPLIT, np.array([[1, 0], [-1, -1]]))[1])
+SIGMA2 = 0.8807970779778823
 
 
-def test_agreement_gate_labels_only_where_the_heads_agree_and_drops_the_rest():
+def test_pair_view_reads_the_heads_behind_a_label():
+    view = pair_view(AGREED_AND_SPLIT, np.array([[0, 1], [1, 0]]))
+    assert view.prob == pytest.approx([SIGMA2, 0.5]) and view.agreement.tolist() == [1.0, 0.5]
+    flipped = pair_view(AGREED_AND_SPLIT, np.array([[1, 0], [-1, -1]]))
+    assert flipped.prob == pytest.approx([1 - SIGMA2, 0.5]) and flipped.mean_margin[1] == 0.0  # no pair: a tie
+
+
+def test_confidence_gate_labels_only_confident_rows_and_drops_the_rest():
     sea = explorer(AGREED_AND_SPLIT)
     prompts, completions = batch(2, 2)
     idx = sea.select(prompts, completions, queries=100)
@@ -65,9 +72,9 @@ def test_agreement_gate_labels_only_where_the_heads_agree_and_drops_the_rest():
     assert sea.model_labelled.tolist() == [True, False]
     stats = sea.observe(np.array([0]), idx[:1], np.array([True]), np.array([False]))
     assert {k: stats[k] for k in ("mixed/candidates", "mixed/model_labelled", "mixed/gated_out",
-                                  "mixed/gate_open", "mixed/agreement")} == {
+                                  "mixed/gate_open", "mixed/confidence")} == {
         "mixed/candidates": 2.0, "mixed/model_labelled": 1.0, "mixed/gated_out": 1.0, "mixed/gate_open": 1.0,
-        "mixed/agreement": 0.75}
+        "mixed/confidence": pytest.approx((SIGMA2 + 0.5) / 2)}
 
 
 def test_refused_rows_go_to_the_oracle_with_the_rules_own_pair_when_asked_to():
@@ -81,7 +88,7 @@ def test_refused_rows_go_to_the_oracle_with_the_rules_own_pair_when_asked_to():
 
 
 def test_accuracy_gate_waits_for_a_full_window_and_then_for_the_threshold():
-    sea = explorer(AGREED_AND_SPLIT, mixed_min_agreement=0.0, mixed_min_accuracy=0.75, window=4)
+    sea = explorer(AGREED_AND_SPLIT, mixed_min_confidence=0.0, mixed_min_accuracy=0.75, window=4)
     prompts, completions = batch(2, 2)
     assert sea.select(prompts, completions, queries=100).tolist() == [[-1, -1], [-1, -1]]  # no evidence yet
     sea.prequential.record(PairPrediction.from_margins(np.array([[1.0, 1.0, 1.0]])))  # 3 right: window not full
@@ -138,7 +145,7 @@ def sea_with_history(seed: int) -> tuple[EpistemicExplorer, tuple]:
             return torch.tensor([[float(len(r)), float(r.count("e"))] for r in responses])
 
     sea = EpistemicExplorer("ee-ts", Features(), rm, seed=seed, mixed_share=0.5, mixed_burn_in=0,
-                            mixed_min_agreement=0.5, mixed_min_accuracy=0.5, window=4)
+                            mixed_min_confidence=0.5, mixed_min_accuracy=0.5, window=4)
     prompts = [Prompt(id=str(b), instruction=f"p{b}", text=f"p{b}", token_ids=[1]) for b in range(4)]
     completions = [[Completion(token_ids=[n, b], text="e" * n + "x" * b) for n in range(1, 5)] for b in range(4)]
     return sea, (prompts, completions)
