@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--equal_updates", type=int, default=2,
                     help="policy updates per round of passive-equal-updates (match the mixed method's pairs per query)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:KEY=VALUE,...",
-                    help="an extra method: a listed one with its own options (e.g. ee-ts-n8=ee-ts:samples_per_prompt=8)")
+                    help="an extra method: a listed one with its own options "
+                         "(e.g. ee-ts-n8=ee-ts:samples_per_prompt=8)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any RunConfig option for every run (e.g. model=DIR, oracle=callable)")
     ap.add_argument("--thresholds", default="0.55,0.6,0.65,0.7", help="win rates for the queries-to-reach table")
@@ -434,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                        "queries": args.queries, "batch_size": args.batch_size, "sea_samples": args.sea_samples,
                        "equal_updates": args.equal_updates, "model": first.model, "oracle": first.oracle,
                        "preference": first.preference, "loss": first.loss,
-                       "dtype": sorted({c["dtype"] for c in saved}), "engine_dtype": sorted({c["engine_dtype"] for c in saved}),
+                       "dtype": sorted({c["dtype"] for c in saved}),
+                       "engine_dtype": sorted({c["engine_dtype"] for c in saved}),
                        "eval_prompts": first.num_eval_prompts, "max_new_tokens": first.max_new_tokens,
                        "method_overrides": {m: args.method_options[m] for m in methods}, "run_wall_s": wall,
                        "cpu": cpu_model(), "cores": os.cpu_count(), "bootstrap": {

@@ -236,7 +236,8 @@ class RunConfig:
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1] (a probability), got {getattr(self, name)}")
         if self.apl_pool_factor < 1:
-            raise ConfigError(f"apl_pool_factor must be ≥ 1 (1 = no prompt selection, as oat), got {self.apl_pool_factor}")
+            raise ConfigError(f"apl_pool_factor must be ≥ 1 (1 = no prompt selection, as oat), "
+                              f"got {self.apl_pool_factor}")
         if self.explore != "apl":
             return
         for name, used in {"mixed_share": self.mixed_share > 0, "eval_best_of_n": self.eval_best_of_n != 0}.items():

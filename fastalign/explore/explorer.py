@@ -98,8 +98,9 @@ class EpistemicExplorer(PassiveExplorer):
     the prompts, drawn at random (as oat's `ModelBasedExplorer`), become candidates for a model label:
     the pair with the largest margin under one sampled head, best ≻ worst. The gate lets the model label
     a candidate only if (i) the ensemble's probability of that label, mean_e σ(r_e(best) − r_e(worst)),
-    is at least `mixed_min_confidence` and (ii) the prequential accuracy over the last `window` oracle pairs is at least `mixed_min_accuracy`
-    (0 turns (ii) off; otherwise it stays closed until `window` pairs were predicted). A refused
+    is at least `mixed_min_confidence` and (ii) the prequential accuracy over the last `window` oracle
+    pairs is at least `mixed_min_accuracy` (0 turns (ii) off; otherwise it stays closed until `window`
+    pairs were predicted). A refused
     candidate gets the rule's ordinary pair and goes to the oracle (`gated_out="oracle"`), or is dropped
     (`"drop"`: neither asked nor trained on, its query not spent). Model-labelled rows are marked in
     `model_labelled`; the reward model never trains on its own labels. docs/exploration.md has the rule.

@@ -117,7 +117,8 @@ class PolicyLearner:
                              f"{len(responses)} response lists")
         width = len(responses[0])
         if width == 0 or any(len(row) != width for row in responses):
-            raise ValueError(f"every prompt needs the same number (≥ 1) of responses, got {[len(r) for r in responses]}")
+            raise ValueError(f"every prompt needs the same number (≥ 1) of responses, "
+                             f"got {[len(r) for r in responses]}")
         prompts = [list(p) for p, row in zip(prompt_ids, responses) for _ in row]
         flat = [list(y) for row in responses for y in row]
         was_training = self.policy.training

