@@ -49,7 +49,8 @@ class PrequentialRecord:
     """The reward model's predictions on oracle pairs it had not yet seen: running and recent-window figures.
 
     `record` takes the prediction of this round's (winner, loser) pairs made before training on them.
-    State is plain numbers and arrays, saved in the explorer's checkpoint so a resumed run gates alike.
+    State is plain Python numbers and lists (checkpoints load with weights_only=True), saved in the
+    explorer's checkpoint so a resumed run gates alike.
     """
 
     def __init__(self, window: int) -> None:
@@ -90,13 +91,13 @@ class PrequentialRecord:
         }
 
     def state_dict(self) -> dict:
-        return {"window": self.window, "pairs": self.pairs, "correct_total": self.correct_total,
-                "recent_correct": self.recent_correct.copy(), "recent_prob": self.recent_prob.copy()}
+        return {"window": self.window, "pairs": self.pairs, "correct_total": float(self.correct_total),
+                "recent_correct": self.recent_correct.tolist(), "recent_prob": self.recent_prob.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["window"]) != self.window:
             raise ValueError(f"checkpoint's prequential window is {state['window']} pairs, this run's is "
                              f"{self.window}: resume with --erm_window {state['window']}")
         self.pairs, self.correct_total = int(state["pairs"]), float(state["correct_total"])
-        self.recent_correct = np.asarray(state["recent_correct"], dtype=np.float64).copy()
-        self.recent_prob = np.asarray(state["recent_prob"], dtype=np.float64).copy()
+        self.recent_correct = np.asarray(state["recent_correct"], dtype=np.float64)
+        self.recent_prob = np.asarray(state["recent_prob"], dtype=np.float64)

@@ -160,10 +160,22 @@ def play(sea: EpistemicExplorer, data: tuple) -> tuple[list, dict]:
     return idx.tolist(), stats
 
 
-def test_explorer_state_resumes_gate_and_prequential_record_exactly():
+def plain(value) -> bool:
+    """What torch.load(weights_only=True) reads back: Python scalars, strings, containers and tensors."""
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(plain(v) for v in value)
+    return type(value) in (int, float, bool, str, type(None)) or isinstance(value, torch.Tensor)
+
+
+def test_explorer_state_resumes_gate_and_prequential_record_exactly(tmp_path):
     a, data = sea_with_history(0)
     for _ in range(3):
         play(a, data)
+    assert plain(a.prequential.state_dict()) and plain(a.state_dict()["mixed_rng"])
+    torch.save(a.state_dict()["prequential"], tmp_path / "p.pt")
+    assert torch.load(tmp_path / "p.pt", weights_only=True) == a.prequential.state_dict()
     b, _ = sea_with_history(0)  # a resumed run builds the same explorer afresh, then loads the state
     b.load_state_dict(a.state_dict())
     for _ in range(2):
