@@ -7,13 +7,19 @@ responses against the reference's on the held-out prompts, judged by the oracle 
 common grid of query counts, then averaged over seeds with a 95% Student-t band.
 
 Printed and written (JSON + PNG): the curves, the queries each method needs to reach fixed win rates,
-and the headline — the queries each method needs to reach passive online DPO's final win rate.
-Finished runs are reused when their config matches (a long sweep can be stopped and restarted); pass
-`--fresh` to rerun them.
+and the headline — the queries each method needs to reach passive online DPO's final win rate, as a
+ratio to passive's own with a paired-by-seed bootstrap 95% interval (seeds resampled with replacement,
+the same draw for both methods). The same against `passive-equal-updates`, a passive control that
+makes `--equal_updates` policy updates per round (as many pair-updates per query as mixed preference
+learning's extra pairs give it; needs the learner's `updates_per_round`). Per method also the worst
+seed's final and the seeds that end below the reference policy (< 50%). The JSON records the CPU model,
+dtype, seeds, oracle and the exact command. Finished runs are reused when their config matches (a long
+sweep can be stopped and restarted); pass `--fresh` to rerun them.
 
     python bench/sample_efficiency.py                       # embedded task, default budget
     python bench/sample_efficiency.py --queries 160 --seeds 5 --methods passive,ee-ts
     python bench/sample_efficiency.py --set loss=ipo --set beta=0.5   # any RunConfig option
+    python bench/sample_efficiency.py --variant ee-ts-mixed-n8=ee-ts-mixed:samples_per_prompt=8
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastalign.config import RunConfig  # noqa: E402
+from fastalign.explore.selection import THOMPSON_RULES  # noqa: E402
 from fastalign.metrics import read_metrics  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "sample_efficiency"
@@ -45,6 +53,12 @@ METHODS: dict[str, dict] = {
     "bai-ts": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}"},
     "best-worst": {"explore": "best-worst", "samples_per_prompt": "{sea_n}"},
     "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
+    # oat's mixed preference learning: no gate (every candidate the model labels is trained on)
+    "ee-ts-mixed-ungated": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5,
+                            "mixed_burn_in": 16, "mixed_min_confidence": 0.0, "mixed_min_accuracy": 0.0},
+    "apl": {"explore": "apl", "samples_per_prompt": "{sea_n}"},  # Muldrew et al. 2024, a baseline of the SEA paper
+    # passive online DPO with more policy updates per round: the equal-updates control of mixed preference
+    "passive-equal-updates": {"updates_per_round": "{equal_updates}"},
     "offline": {"algorithm": "offline-dpo"},  # DPO on pairs sampled from the frozen reference
     # the other online algorithms (docs/algorithms.md); SAIL-PP asks about the unrouted share only, SAIL-DP
     # asks nothing (no curve against queries)
@@ -55,6 +69,12 @@ METHODS: dict[str, dict] = {
     "sail-pp": {"algorithm": "sail-pp"},
 }
 DEFAULT_METHODS = "passive,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"  # `--methods all` adds the algorithms
+CONTROLS = ("passive", "passive-equal-updates")  # the methods every other one is compared with (a headline each)
+# A run saved before an option existed ran as this value of it (not necessarily today's default); a finished
+# run is reused only if today's config asks for that value.
+LEGACY = {"head_draws": "prompt", "mixed_min_confidence": 0.0, "mixed_min_accuracy": 0.0}
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 20_240_615
 # options that schedule or operate a run without shaping its curve (dtype "auto" is saved resolved)
 NOT_SHAPING = {"dtype", "engine_dtype", "threads", "output_dir", "progress", "tensorboard", "save_final",
                "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
@@ -65,11 +85,16 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}; or all")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 of every method (paired by seed)")
     ap.add_argument("--queries", type=int, default=64, help="oracle-query budget of every run")
     ap.add_argument("--batch_size", type=int, default=8, help="prompts (= queries) per round")
     ap.add_argument("--eval_every", type=int, default=2, help="rounds between evaluations")
     ap.add_argument("--sea_samples", type=int, default=4, help="responses per prompt for the SEA methods")
+    ap.add_argument("--equal_updates", type=int, default=2,
+                    help="policy updates per round of passive-equal-updates (match the mixed method's pairs per query)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=BASE:KEY=VALUE,...",
+                    help="an extra method: a listed one with its own options "
+                         "(e.g. ee-ts-n8=ee-ts:samples_per_prompt=8)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any RunConfig option for every run (e.g. model=DIR, oracle=callable)")
     ap.add_argument("--thresholds", default="0.55,0.6,0.65,0.7", help="win rates for the queries-to-reach table")
@@ -81,14 +106,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--summarise_only", action="store_true",
                     help="run nothing: summarise the runs that have finished (seeds may differ per method)")
     args = ap.parse_args(argv)
+    args.method_options = {**METHODS, **variants(args.variant, ap)}
     if args.methods == "all":
-        args.methods = ",".join(METHODS)
-    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+        args.methods = ",".join(args.method_options)
+    unknown = sorted(set(args.methods.split(",")) - set(args.method_options))
     if unknown:
-        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    if args.seeds < 1 or args.queries < args.batch_size:
-        ap.error("need --seeds ≥ 1 and --queries ≥ --batch_size")
+        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(args.method_options)}")
+    if args.seeds < 1 or args.queries < args.batch_size or args.equal_updates < 1:
+        ap.error("need --seeds ≥ 1, --queries ≥ --batch_size and --equal_updates ≥ 1")
     return args
+
+
+def variants(specs: list[str], ap: argparse.ArgumentParser) -> dict[str, dict]:
+    """--variant NAME=BASE:KEY=VALUE,... → {NAME: BASE's options updated with the given ones}."""
+    out: dict[str, dict] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        base, _, options = rest.partition(":")
+        if not name or base not in METHODS or name in METHODS:
+            ap.error(f"--variant {spec!r}: expected NEW_NAME=BASE:KEY=VALUE,... with BASE one of {', '.join(METHODS)}")
+        out[name] = {**METHODS[base], **overrides([o for o in options.split(",") if o])}
+    return out
 
 
 def overrides(pairs: list[str]) -> dict:
@@ -103,7 +141,8 @@ def overrides(pairs: list[str]) -> dict:
 
 def run_config(args: argparse.Namespace, method: str, seed: int) -> RunConfig:
     """The full config of one run; validated here so a bad --set fails before any run starts."""
-    method_opts = {k: (args.sea_samples if v == "{sea_n}" else v) for k, v in METHODS[method].items()}
+    fill = {"{sea_n}": args.sea_samples, "{equal_updates}": args.equal_updates}
+    method_opts = {k: fill.get(v, v) if isinstance(v, str) else v for k, v in args.method_options[method].items()}
     data = {
         "output_dir": str(args.runs_dir / method / f"seed{seed}"), "seed": seed,
         "batch_size": args.batch_size, "micro_batch_size": args.batch_size, "max_queries": args.queries,
@@ -119,8 +158,25 @@ def finished(cfg: RunConfig) -> bool:
     if not (out / "summary.json").is_file() or not (out / "config.json").is_file():
         return False
     saved = json.loads((out / "config.json").read_text())
-    defaults = RunConfig().to_dict()  # an option newer than the run must be at the default it then had
-    return all(saved.get(k, defaults[k]) == v for k, v in cfg.to_dict().items() if k not in NOT_SHAPING)
+    then = {**RunConfig().to_dict(), **LEGACY}  # an option newer than the run must be at the value it then ran as
+    skip = NOT_SHAPING | inert(cfg)
+    return all(saved.get(k, then[k]) == v for k, v in cfg.to_dict().items() if k not in skip)
+
+
+def inert(cfg: RunConfig) -> set[str]:
+    """Options that cannot change this run's curve, so a finished run that predates them is still reused."""
+    out = set()
+    if cfg.explore not in THOMPSON_RULES:
+        out.add("head_draws")
+    if cfg.mixed_share == 0:
+        out |= {"mixed_min_confidence", "mixed_min_accuracy", "mixed_gated_out"}
+    if cfg.mixed_min_confidence == 0 and cfg.mixed_min_accuracy == 0:
+        out.add("mixed_gated_out")  # nothing is refused
+    if cfg.mixed_share == 0 or cfg.mixed_min_accuracy == 0:
+        out.add("erm_window")  # then it only sets the window of a logged diagnostic
+    if cfg.explore != "apl":
+        out.add("apl_pool_factor")
+    return out
 
 
 def run_one(cfg: RunConfig) -> float:
@@ -156,10 +212,23 @@ def run_all(todo: list[RunConfig], jobs: int) -> dict[str, float]:
 
 
 def training_done(cfg: RunConfig) -> dict[str, float]:
-    """Rounds (= policy updates) and pairs trained on: mixed preference learning adds model-labelled
-    pairs and rounds within the same query budget, so methods differ in training as well as queries."""
-    summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
-    return {"rounds": float(summary["rounds"]), "pairs_trained": float(summary["pairs_trained"])}
+    """Rounds, policy updates and pairs trained on. Mixed preference learning adds model-labelled pairs and
+    rounds within the same query budget, and `updates_per_round` more updates per round, so methods differ
+    in training as well as in queries: pair_updates_per_query (each update takes the round's pairs) is the
+    figure the equal-updates control matches."""
+    out = Path(cfg.output_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    rounds, pairs = float(summary["rounds"]), float(summary["pairs_trained"])
+    train = read_metrics(out / "metrics.jsonl", kind="train")
+    # runs before the loop logged learner_steps made one update per round
+    steps = float(train[-1].get("learner_steps", rounds)) if train else 0.0
+    if cfg.updates_per_round > 1 and steps < rounds * cfg.updates_per_round - cfg.max_nonfinite_steps:
+        raise SystemExit(f"{out}: updates_per_round={cfg.updates_per_round} but the learner made {steps:.0f} updates "
+                         f"in {rounds:.0f} rounds: this checkout's learner does not apply updates_per_round, so "
+                         "passive-equal-updates would be plain passive; rerun it (--fresh) with a learner that does")
+    per_round = steps / rounds if rounds else 0.0
+    return {"rounds": rounds, "updates": steps, "pairs_trained": pairs,
+            "pair_updates_per_query": pairs * per_round / max(float(summary["queries"]), 1.0)}
 
 
 def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -192,24 +261,76 @@ def queries_to_reach(grid: np.ndarray, mean: np.ndarray, target: float) -> float
     return None
 
 
-def summarise(args: argparse.Namespace, methods: list[str], curves: dict) -> dict:
+def summarise(args: argparse.Namespace, methods: list[str], curves: dict[str, dict[int, tuple]]) -> dict:
+    """curves: method → seed → (queries, win rates) of its evaluations. Means, bands, queries to reach the
+    thresholds, per-seed finals, and a headline against each control present (CONTROLS)."""
     grid = np.arange(0, args.queries + 1, args.eval_every * args.batch_size, dtype=float)
     if grid[-1] != args.queries:
         grid = np.append(grid, float(args.queries))
     result = {"grid": grid.tolist(), "methods": {}}
+    per_seed = {m: {seed: on_grid(q, r, grid) for seed, (q, r) in sorted(curves[m].items())} for m in methods}
     for m in methods:
-        values = np.stack([on_grid(q, r, grid) for q, r in curves[m]])
+        values = np.stack(list(per_seed[m].values()))
         mean, half = band(values)
+        finals = dict(zip(per_seed[m], values[:, -1].tolist()))
+        worst = min(finals, key=finals.get)
         result["methods"][m] = {"mean": mean.tolist(), "ci95": half.tolist(), "per_seed": values.tolist(),
-                                "final": float(mean[-1])}
+                                "seeds": list(per_seed[m]), "final": float(mean[-1]),
+                                "worst_final": finals[worst], "worst_seed": worst,
+                                "seeds_below_reference": [seed for seed, f in finals.items() if f < 0.5]}
     thresholds = [float(t) for t in args.thresholds.split(",")]
     result["queries_to_reach"] = {m: {str(t): queries_to_reach(grid, np.array(v["mean"]), t) for t in thresholds}
                                   for m, v in result["methods"].items()}
-    if "passive" in result["methods"]:
-        target = result["methods"]["passive"]["final"]
-        result["headline"] = {"target": target, "queries": {
-            m: queries_to_reach(grid, np.array(v["mean"]), target) for m, v in result["methods"].items()}}
+    result["headlines"] = {c: headline(grid, per_seed, c, methods) for c in CONTROLS if c in per_seed}
+    if "passive" in result["headlines"]:
+        result["headline"] = result["headlines"]["passive"]
     return result
+
+
+def headline(grid: np.ndarray, per_seed: dict[str, dict[int, np.ndarray]], control: str, methods: list[str]) -> dict:
+    """Queries each method needs to reach the control's final win rate (mean curves), per seed, and the
+    ratio to the control's own with a paired-by-seed bootstrap interval."""
+    target = float(np.mean(list(per_seed[control].values()), axis=0)[-1])
+    out = {"target": target, "queries": {}, "queries_per_seed": {}, "ratio": {}}
+    for m in methods:
+        mean = np.mean(list(per_seed[m].values()), axis=0)
+        out["queries"][m] = queries_to_reach(grid, mean, target)
+        out["queries_per_seed"][m] = {str(seed): queries_to_reach(grid, v, target) for seed, v in per_seed[m].items()}
+        if m != control:
+            out["ratio"][m] = bootstrap_ratio(grid, per_seed[m], per_seed[control])
+    return out
+
+
+def reach_ratio(grid: np.ndarray, method: np.ndarray, control: np.ndarray) -> float:
+    """[seeds, grid] curves → queries the method's mean curve needs to reach the control's mean final, over
+    the queries the control's own mean curve needs; inf if the method never gets there, NaN if the control
+    is there from the start (no ratio)."""
+    target = control.mean(axis=0)[-1]
+    q_control = queries_to_reach(grid, control.mean(axis=0), target)
+    if not q_control:
+        return float("nan")
+    q_method = queries_to_reach(grid, method.mean(axis=0), target)
+    return float("inf") if q_method is None else q_method / q_control
+
+
+def bootstrap_ratio(grid: np.ndarray, method: dict[int, np.ndarray], control: dict[int, np.ndarray],
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """The reach ratio on the seeds both have, and its 95% percentile interval over `resamples` draws of
+    those seeds with replacement, the same seeds for both (paired). Endpoints are order statistics, so a
+    draw where the method never reaches the target counts as an infinite ratio; NaN draws are left out."""
+    seeds = sorted(set(method) & set(control))
+    m = np.stack([method[s] for s in seeds])
+    c = np.stack([control[s] for s in seeds])
+    draws = np.random.default_rng(seed).integers(0, len(seeds), size=(resamples, len(seeds)))
+    ratios = np.array([reach_ratio(grid, m[d], c[d]) for d in draws])
+    finite = np.sort(ratios[~np.isnan(ratios)])
+    interval = [None, None]
+    if finite.size:
+        interval = [float(finite[int(np.floor(0.025 * (finite.size - 1)))]),
+                    float(finite[int(np.ceil(0.975 * (finite.size - 1)))])]
+    return {"ratio": reach_ratio(grid, m, c), "ci95": interval, "seeds": seeds, "resamples": resamples,
+            "share_not_reached": float(np.isinf(ratios).mean()), "share_undefined": float(np.isnan(ratios).mean()),
+            "share_at_most_half": float((ratios <= 0.5).mean())}
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -238,24 +359,58 @@ def plot(result: dict, path: Path, title: str) -> None:
 def table(result: dict, seeds: dict[str, int]) -> str:
     grid = result["grid"]
     thresholds = list(next(iter(result["queries_to_reach"].values())))
-    head = ["method", "seeds", "final win % (±95%)"] + [f"queries to {float(t):.0%}" for t in thresholds]
-    if "headline" in result:
-        head.append(f"queries to passive's final ({100 * result['headline']['target']:.1f}%)")
+    head = ["method", "seeds", "final win % (±95%)", "worst seed", "seeds < 50%"]
+    head += [f"queries to {float(t):.0%}" for t in thresholds]
+    headlines = result.get("headlines", {})
+    for c, h in headlines.items():
+        head += [f"queries to {c}'s final ({100 * h['target']:.1f}%)", f"ratio to {c} [95% CI]"]
     with_training = all("training" in v for v in result["methods"].values())
     if with_training:
-        head += ["rounds (= updates)", "pairs trained"]
+        head += ["rounds / updates", "pairs trained", "pair-updates per query"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda q: "—" if q is None else f"{q:.0f}"  # noqa: E731
     for m, v in result["methods"].items():
-        cells = [m, str(seeds[m]), f"{100 * v['final']:.1f} ± {100 * v['ci95'][-1]:.1f}"]
+        cells = [m, str(seeds[m]), f"{100 * v['final']:.1f} ± {100 * v['ci95'][-1]:.1f}",
+                 f"{100 * v['worst_final']:.1f} (seed {v['worst_seed']})", str(len(v["seeds_below_reference"]))]
         cells += [fmt(result["queries_to_reach"][m][t]) for t in thresholds]
-        if "headline" in result:
-            cells.append(fmt(result["headline"]["queries"][m]))
+        for c, h in headlines.items():
+            cells.append(fmt(h["queries"][m]))
+            cells.append(ratio_cell(h["ratio"].get(m)))
         if with_training:
-            cells += [f"{v['training']['rounds']:.0f}", f"{v['training']['pairs_trained']:.0f}"]
+            t = v["training"]
+            cells += [f"{t['rounds']:.0f} / {t['updates']:.0f}", f"{t['pairs_trained']:.0f}",
+                      f"{t['pair_updates_per_query']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"(budget {grid[-1]:.0f} queries; '—' = not reached within it)")
+    lines.append(f"(budget {grid[-1]:.0f} queries; '—' = not reached within it; ratio = queries to the control's "
+                 "final / the control's own, paired bootstrap over seeds, ∞ = not reached)")
     return "\n".join(lines)
+
+
+def ratio_cell(r: dict | None) -> str:
+    if r is None:
+        return "—"
+    show = lambda x: "—" if x is None or x != x else ("∞" if x == float("inf") else f"{x:.2f}")  # noqa: E731
+    return f"{show(r['ratio'])} [{show(r['ci95'][0])}, {show(r['ci95'][1])}]"
+
+
+def cpu_model() -> str:
+    """`lscpu`'s Model name (else /proc/cpuinfo's model name, else platform), and its SIMD flags that
+    matter for speed and dtype (avx2, avx512f, avx512_bf16, amx)."""
+    name, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                     if line.startswith("Model name:")), name)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name or platform.processor() or platform.machine()} ({', '.join(simd) or 'no avx2'})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,17 +425,23 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in methods if done[m]]
     if not methods:
         raise SystemExit("no finished runs to summarise")
-    result = summarise(args, methods, {m: [curve(c) for c in done[m]] for m in methods})
+    result = summarise(args, methods, {m: {c.seed: curve(c) for c in done[m]} for m in methods})
     for m in methods:  # means over the finished seeds
         runs = [training_done(c) for c in done[m]]
         result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     first = configs[methods[0]][0]
-    result["setup"] = {"argv": sys.argv[1:], "seeds": {m: len(done[m]) for m in methods}, "queries": args.queries,
-                       "batch_size": args.batch_size, "sea_samples": args.sea_samples,
-                       "model": first.model, "oracle": first.oracle, "loss": first.loss,
+    saved = [json.loads((Path(c.output_dir) / "config.json").read_text()) for m in methods for c in done[m]]
+    result["setup"] = {"command": " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
+                       "argv": sys.argv[1:], "seeds": {m: [c.seed for c in done[m]] for m in methods},
+                       "queries": args.queries, "batch_size": args.batch_size, "sea_samples": args.sea_samples,
+                       "equal_updates": args.equal_updates, "model": first.model, "oracle": first.oracle,
+                       "preference": first.preference, "loss": first.loss,
+                       "dtype": sorted({c["dtype"] for c in saved}),
+                       "engine_dtype": sorted({c["engine_dtype"] for c in saved}),
                        "eval_prompts": first.num_eval_prompts, "max_new_tokens": first.max_new_tokens,
-                       "method_overrides": {m: METHODS[m] for m in methods}, "run_wall_s": wall,
-                       "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                       "method_overrides": {m: args.method_options[m] for m in methods}, "run_wall_s": wall,
+                       "cpu": cpu_model(), "cores": os.cpu_count(), "bootstrap": {
+                           "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
                        "date": time.strftime("%Y-%m-%d")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -16,9 +16,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ORACLES = ("vader", "callable", "reward-model", "judge", "remote-reward")
+ORACLES = ("vader", "rubric", "callable", "reward-model", "judge", "remote-reward")
 ENGINES = ("auto", "vllm", "hf")
-EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
+EXPLORERS = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n", "apl")
+HEAD_DRAWS = ("batch", "prompt")  # SEA Thompson heads: one draw per round's batch (oat's default) or per prompt
+MIXED_GATED_OUT = ("drop", "oracle")  # a model-label candidate the gate refuses: dropped, or asked as usual
 ERM_FEATURES = ("minilm", "policy")
 PREFERENCE_MODES = ("deterministic", "bt")
 LOGPROB_IMPLS = ("auto", "cpu", "triton", "naive")
@@ -81,6 +83,13 @@ class RunConfig:
     mixed_share: float = 0.0  # SEA mixed preference learning: share of prompts labelled by the reward model
     mixed_burn_in: int = 32  # oracle queries before the reward model labels any pair itself
     eval_best_of_n: int = 0  # >0: also judge the best of N sampled responses by the reward model's mean
+    # --- exploration: diagnostics, mixed-preference gate, Thompson draws, APL (docs/exploration.md) ---
+    head_draws: str = "batch"  # ee-ts/bai-ts heads: one draw per round's batch (as oat) or one per prompt
+    erm_window: int = 32  # oracle pairs in the recent prequential accuracy (logged; the mixed gate reads it)
+    mixed_min_confidence: float = 0.9  # gate (i): the ensemble's P(label) = mean over heads of σ(margin) needed
+    mixed_min_accuracy: float = 0.6  # gate (ii): recent prequential accuracy needed (0 = no such condition)
+    mixed_gated_out: str = "oracle"  # a refused candidate: asked with the rule's own pair, or "drop"ped (not asked)
+    apl_pool_factor: int = 4  # APL: prompts drawn per round = factor × batch_size; the top-entropy batch is kept
     # --- algorithm (fastalign/algorithms/: one module each, formulas and papers) ---
     algorithm: str = "online-dpo"  # online-dpo, offline-dpo, selm, xpo, bpo, sail-pr, sail-pp, sail-dp
     updates_per_round: int | None = None  # optimiser steps per collected batch; None = the algorithm's (1; bpo 4)
@@ -186,8 +195,8 @@ class RunConfig:
         if self.oracle in ("callable", "reward-model", "judge") and not self.oracle_path and not self.judge_url:
             raise ConfigError(f"--oracle {self.oracle} needs --oracle_path "
                               + ("module:function" if self.oracle == "callable" else "DIR"))
-        if self.oracle == "vader" and self.oracle_path:
-            raise ConfigError("--oracle_path is not used by the vader oracle; drop it or pick another --oracle")
+        if self.oracle in ("vader", "rubric") and self.oracle_path:
+            raise ConfigError(f"--oracle_path is not used by the {self.oracle} oracle; drop it or pick another --oracle")
         if self.judge_instruction is not None and self.oracle != "judge":
             raise ConfigError("--judge_instruction applies only to --oracle judge")
         if self.model != DEFAULT_MODEL and not Path(self.model).is_dir():
@@ -201,6 +210,7 @@ class RunConfig:
         if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
             raise ConfigError(f"deepspeed_config not found: {self.deepspeed_config!r}")
         self._validate_reliability()
+        self._validate_exploration()
         if self.max_queries is not None and self.max_queries < self.batch_size:
             raise ConfigError(f"max_queries ({self.max_queries}) is below one round's batch_size ({self.batch_size})")
         return self
@@ -265,6 +275,30 @@ class RunConfig:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.oracle_api_key_env or ""):
             raise ConfigError("--oracle_api_key_env takes the NAME of an environment variable that holds the key "
                               "(e.g. OPENAI_API_KEY), not the key itself; the key is never written to the run")
+
+    def _validate_exploration(self) -> None:
+        """Prequential window, mixed-preference gate, Thompson head draws and APL (docs/exploration.md)."""
+        self._choice("head_draws", HEAD_DRAWS)
+        self._choice("mixed_gated_out", MIXED_GATED_OUT)
+        if self.erm_window < 1:
+            raise ConfigError(f"erm_window must be ≥ 1 oracle pair, got {self.erm_window}")
+        for name in ("mixed_min_confidence", "mixed_min_accuracy"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1] (a probability), got {getattr(self, name)}")
+        if self.apl_pool_factor < 1:
+            raise ConfigError(f"apl_pool_factor must be ≥ 1 (1 = no prompt selection, as oat), "
+                              f"got {self.apl_pool_factor}")
+        if self.explore != "apl":
+            return
+        for name, used in {"mixed_share": self.mixed_share > 0, "eval_best_of_n": self.eval_best_of_n != 0}.items():
+            if used:
+                raise ConfigError(f"--{name} needs the epistemic reward model, which --explore apl does not keep "
+                                  "(it ranks with the policy's implicit reward): pick a SEA --explore or drop it")
+        from .algorithms import algorithm_class
+
+        if not algorithm_class(self.algorithm).frozen_reference:
+            raise ConfigError(f"--explore apl ranks pairs by log π_θ − log π_ref, and --algorithm {self.algorithm} "
+                              "keeps no frozen reference: use another --algorithm or --explore")
 
     def _validate_algorithm(self) -> None:
         from .algorithms import algorithm_class

@@ -151,7 +151,7 @@ class OnlineLoop:
     def round(self) -> dict[str, float]:
         cfg, algorithm, times = self.cfg, self.algorithm, {}
         t = time.perf_counter()
-        prompts = self.stream.next_batch(cfg.batch_size)
+        prompts = self.stream.next_batch(self.explorer.prompts_per_round(cfg.batch_size))  # APL: a pool
         completions = algorithm.sample(self, prompts, self.seed_for)
         times["generate"], t = time.perf_counter() - t, time.perf_counter()
 
@@ -200,7 +200,7 @@ class OnlineLoop:
         total = sum(times.values())
         row = {"round": self.state.round, **train_metrics, **explore_metrics,
                **{f"time/{k}": v for k, v in times.items()},
-               "pairs_per_sec": len(prompts) * self.world_size / total, **counts,
+               "pairs_per_sec": len(prompts) * self.world_size / total, **counts, "learner_steps": self.learner.steps,
                "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))
                if completions else 0.0}
         self.metrics.log("train", self.state.queries, row)

@@ -157,7 +157,8 @@ def run(cfg: RunConfig) -> dict:
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=stream_seed(cfg.seed, "prompts", rank)),
                       engine=engine, explorer=build_explorer(cfg, seed=stream_seed(cfg.seed, "explorer", rank),
-                                                             policy=learner.reference),
+                                                             policy=learner.reference,
+                                                             implicit_rewards=learner.implicit_rewards),
                       oracle=oracle, learner=learner, evaluator=evaluator, algorithm=algorithm,
                       metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
                                             rebuild_tensorboard=checkpoint is not None),

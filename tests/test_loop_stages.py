@@ -101,7 +101,8 @@ class CountE:
 
 def sea_explorer(share: float, burn_in: int) -> EpistemicExplorer:
     model = EpistemicRewardModel(feature_dim=2, num_heads=3, hidden=8, seed=0)
-    return EpistemicExplorer("ee-ts", CountE(), model, seed=0, mixed_share=share, mixed_burn_in=burn_in)
+    return EpistemicExplorer("ee-ts", CountE(), model, seed=0, mixed_share=share, mixed_burn_in=burn_in,
+                             mixed_min_confidence=0.0, mixed_min_accuracy=0.0)  # ungated, as oat
 
 
 def test_mixed_preference_pairs_are_trained_but_not_counted_as_queries(tmp_path):
@@ -124,3 +125,50 @@ def test_best_of_n_evaluation_ranks_samples_with_the_explorer(tmp_path):
     loop.run()
     evals = read_metrics(tmp_path / "metrics.jsonl", kind="eval")
     assert evals[-1]["bon_win_rate"] == 1.0 and "sample_win_rate" in evals[-1]
+
+
+def gated_explorer(gated_out: str) -> EpistemicExplorer:
+    model = EpistemicRewardModel(feature_dim=2, num_heads=3, hidden=8, seed=0)
+    return EpistemicExplorer("ee-ts", CountE(), model, seed=0, mixed_share=0.5, mixed_burn_in=8,
+                             mixed_min_confidence=0.0, mixed_min_accuracy=0.5, window=100, gated_out=gated_out)
+
+
+def test_gated_out_rows_are_neither_asked_nor_trained_on(tmp_path):
+    # a window of 100 oracle pairs is never filled here: after the burn-in every candidate is refused
+    loop, _, learner, oracle = make_loop(tmp_path, gated_explorer("drop"), explore="ee-ts", samples_per_prompt=4,
+                                         mixed_share=0.5, mixed_burn_in=8, mixed_gated_out="drop", rounds=4)
+    loop.run()
+    train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
+    assert [r["queries"] for r in train] == [4, 8, 10, 12] and oracle.queries == 12
+    assert [r.get("mixed/gated_out", 0) for r in train] == [0, 0, 2, 2]
+    assert [r["model_labelled"] for r in train] == [0, 0, 0, 0]
+    assert all(p.from_oracle for p in learner.pairs) and len(learner.pairs) <= 12
+    assert loop.explorer.reward_model.pairs_seen == len(learner.pairs)
+    assert [r["learner_steps"] for r in train] == [1, 2, 3, 4]
+
+
+def test_gated_out_rows_can_go_to_the_oracle_instead(tmp_path):
+    loop, _, _, oracle = make_loop(tmp_path, gated_explorer("oracle"), explore="ee-ts", samples_per_prompt=4,
+                                   mixed_share=0.5, mixed_burn_in=8, mixed_gated_out="oracle", rounds=4)
+    loop.run()
+    assert oracle.queries == 16  # every prompt asked
+
+
+def test_apl_draws_a_pool_and_spends_batch_size_queries_per_round(tmp_path):
+    from fastalign.explore.apl import ActivePreferenceExplorer
+
+    scored = []
+
+    def implicit(prompt_ids, responses):
+        scored.append(len(prompt_ids))
+        return np.array([[float(len(y)) for y in row] for row in responses])  # longest vs shortest
+
+    apl = ActivePreferenceExplorer(implicit, seed=0, pool_factor=3)
+    loop, _, learner, oracle = make_loop(tmp_path, apl, explore="apl", samples_per_prompt=4, apl_pool_factor=3,
+                                         rounds=2)
+    loop.run()
+    train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
+    assert [r["queries"] for r in train] == [4, 8] and scored == [4, 4]
+    assert (loop.stream.epoch, loop.stream.position) == (1, 12)  # a pool of 12 prompts drawn per round
+    assert all(r["apl/pool"] == 12 and r["apl/kept"] == 4 for r in train)
+    assert {(len(p.chosen_ids), len(p.rejected_ids)) for p in learner.pairs} <= {(4, 1), (1, 4)}

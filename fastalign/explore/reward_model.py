@@ -30,7 +30,8 @@ Library use, without the trainer:
 
     rm = EpistemicRewardModel(feature_dim=384, seed=0)
     rm.add_pairs(phi_chosen, phi_rejected)           # [B, d] tensors of labelled pairs
-    stats = rm.update()                              # {"loss": ..., "accuracy": ...}
+    rm.predict_pairs(phi_a, phi_b)                   # P(a ≻ b), margins, head agreement: before training
+    stats = rm.update()                              # {"loss": ..., "train_accuracy": ...}
     R = rm.reward_samples(phi_candidates)            # [B, N, d] → np.ndarray [B, N, E]
     pairs = select_pairs(R, ids, strategy="ee-ts", seed=0).pairs
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -104,6 +106,33 @@ class ReplayBuffer:
         return self.data[torch.randperm(len(self), generator=generator)[:size]]
 
 
+@dataclass(frozen=True)
+class PairPrediction:
+    """The ensemble's view of B pairs (a, b), from the per-head margins m[e, i] = r_e(a_i) − r_e(b_i).
+
+    correct-if-a-wins uses the mean head (ties ½); prob is the ensemble's Bradley–Terry probability
+    P(a ≻ b) = mean_e σ(m[e, i]); agreement is the share of heads preferring a (ties ½); spread is the
+    population std over heads of the margin (the ensemble's disagreement, 0 for one head).
+    """
+
+    mean_margin: np.ndarray  # [B] mean_e m[e, i]
+    prob: np.ndarray  # [B] mean_e σ(m[e, i])
+    agreement: np.ndarray  # [B] mean_e [m > 0] + ½[m = 0]
+    spread: np.ndarray  # [B] std_e m[e, i] (ddof 0)
+
+    @classmethod
+    def from_margins(cls, margins: np.ndarray) -> "PairPrediction":
+        m = np.asarray(margins, dtype=np.float64)
+        if m.ndim != 2:
+            raise ValueError(f"margins must be [E, B] (heads, pairs), got shape {m.shape}")
+        return cls(mean_margin=m.mean(0), prob=(0.5 * (1.0 + np.tanh(0.5 * m))).mean(0),
+                   agreement=((m > 0) + 0.5 * (m == 0)).mean(0), spread=m.std(0))
+
+    def a_correct(self) -> np.ndarray:
+        """[B] 1 where the mean head prefers a, 0 where it prefers b, ½ on a tie."""
+        return (self.mean_margin > 0) + 0.5 * (self.mean_margin == 0)
+
+
 class EpistemicRewardModel:
     """Anchored reward ensemble trained online on labelled pairs; see the module docstring."""
 
@@ -154,6 +183,17 @@ class EpistemicRewardModel:
         return np.ascontiguousarray(r.T.reshape(B, N, self.num_heads).numpy(), dtype=np.float32)
 
     @torch.no_grad()
+    def predict_pairs(self, phi_a: torch.Tensor | np.ndarray, phi_b: torch.Tensor | np.ndarray) -> PairPrediction:
+        """What the ensemble says about a ≻ b for each of B pairs [B, d] (see `PairPrediction`).
+
+        Called on newly labelled pairs *before* `add_pairs`/`update`, this is the model's honest
+        (prequential) prediction: it has never trained on them. The mixed-preference gate reads the same
+        quantities on the pairs it would label itself.
+        """
+        a, b = self._pair(phi_a, phi_b)
+        return PairPrediction.from_margins((self.rewards(a) - self.rewards(b)).double().numpy())
+
+    @torch.no_grad()
     def accuracy(self, phi_w: torch.Tensor | np.ndarray, phi_l: torch.Tensor | np.ndarray) -> float:
         """Share of pairs where the ensemble-mean reward prefers the chosen response (ties count ½)."""
         w, l = self._pair(phi_w, phi_l)
@@ -186,10 +226,12 @@ class EpistemicRewardModel:
         """One round of training: `train_steps_per_round` Adam steps on replay minibatches.
 
         Returns the mean loss over the steps, the last minibatch's ensemble-mean accuracy and the
-        anchor term; NaNs (and steps = 0) while the buffer is empty.
+        anchor term; NaNs (and steps = 0) while the buffer is empty. `train_accuracy` is measured on
+        pairs the model has just trained on, so it says little about new pairs: the honest figure is the
+        prequential accuracy of `predict_pairs` on pairs before they are added.
         """
         if len(self.replay) == 0:
-            return {"loss": math.nan, "accuracy": math.nan, "reg": math.nan, "reg_weight": math.nan, "steps": 0}
+            return {"loss": math.nan, "train_accuracy": math.nan, "reg": math.nan, "reg_weight": math.nan, "steps": 0}
         size = min(self.config["batch_size"], len(self.replay))
         losses = []
         with using_threads(self.threads):
@@ -202,7 +244,7 @@ class EpistemicRewardModel:
                 self.steps += 1
                 losses.append(float(terms["loss"].detach()))
         return {"loss": float(np.mean(losses)),
-                "accuracy": _mean_accuracy(terms["chosen"].detach(), terms["rejected"].detach()),
+                "train_accuracy": _mean_accuracy(terms["chosen"].detach(), terms["rejected"].detach()),
                 "reg": float(terms["reg"].detach()), "reg_weight": float(terms["reg_weight"]),
                 "steps": len(losses)}
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 STRATEGIES = ("passive", "ee-ts", "bai-ts", "uncertainty", "best-worst", "best-of-n")
+THOMPSON_RULES = ("ee-ts", "bai-ts")  # the rules that draw ensemble heads (Thompson samples) from the stream
 BACKENDS = ("auto", "cpp", "numpy")
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from ..algorithms import Algorithm
@@ -23,7 +24,7 @@ from ..models import atomic_directory, load_causal_lm, resolve_dtype
 from ..types import PreferencePair
 from . import logprobs
 from .distributed import all_reduce_max, all_reduce_sum, comm_device, is_main_process
-from .logprobs import build_batch, decoder_and_head, pair_hidden, pair_logps, response_hidden
+from .logprobs import build_batch, decoder_and_head, pair_hidden, pair_logps, response_hidden, sequence_logps
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -116,6 +117,40 @@ class PolicyLearner:
             raise RuntimeError(f"--algorithm {self.algorithm.name} keeps no frozen reference model")
         for name, param in self.reference.named_parameters():
             yield name, param.detach()
+
+    # ------------------------------------------------------------------ implicit reward
+    @torch.no_grad()
+    def implicit_rewards(self, prompt_ids: list[list[int]], responses: list[list[list[int]]]) -> np.ndarray:
+        """[B, N] log π_θ(y|x) − log π_ref(y|x), summed over each response's tokens, for N responses per prompt.
+
+        DPO's implicit reward is β times this (β is left out: rankings and argmaxes do not depend on it, as
+        in oat's APL). The same log-prob path as the loss (`sequence_logps`, cfg.logprob_impl), without
+        gradients, the policy in eval mode; sequences go through in chunks of 2·micro_batch_size.
+        """
+        if self.reference is None:
+            raise RuntimeError(f"implicit rewards need the frozen reference model, which --algorithm "
+                               f"{self.algorithm.name} does not keep")
+        if len(prompt_ids) != len(responses) or not responses:
+            raise ValueError(f"need one list of responses per prompt, got {len(prompt_ids)} prompts and "
+                             f"{len(responses)} response lists")
+        width = len(responses[0])
+        if width == 0 or any(len(row) != width for row in responses):
+            raise ValueError(f"every prompt needs the same number (≥ 1) of responses, "
+                             f"got {[len(r) for r in responses]}")
+        prompts = [list(p) for p, row in zip(prompt_ids, responses) for _ in row]
+        flat = [list(y) for row in responses for y in row]
+        was_training = self.policy.training
+        self.policy.eval()
+        try:
+            out = []
+            step = 2 * self.cfg.micro_batch_size
+            for start in range(0, len(flat), step):
+                batch = build_batch(prompts[start:start + step], flat[start:start + step], self.pad_id)
+                out.append(sequence_logps(self.policy, batch, impl=self.logprob_impl).float()
+                           - sequence_logps(self.reference, batch, impl=self.logprob_impl).float())
+        finally:
+            self.policy.train(was_training)
+        return torch.cat(out).cpu().numpy().astype(np.float64).reshape(len(responses), width)
 
     # ------------------------------------------------------------------ update
     def learn(self, pairs: list[PreferencePair]) -> dict[str, float]:

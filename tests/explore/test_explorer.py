@@ -51,8 +51,8 @@ def batch(B: int, N: int) -> tuple[list[Prompt], list[list[Completion]]]:
 
 def sea(mixed_share: float, burn_in: int) -> EpistemicExplorer:
     model = EpistemicRewardModel(feature_dim=2, num_heads=3, hidden=8, seed=0)
-    return EpistemicExplorer("ee-ts", TokenLength(), model, seed=0, by_tokens=True,
-                             mixed_share=mixed_share, mixed_burn_in=burn_in)
+    return EpistemicExplorer("ee-ts", TokenLength(), model, seed=0, by_tokens=True, mixed_share=mixed_share,
+                             mixed_burn_in=burn_in, mixed_min_confidence=0.0, mixed_min_accuracy=0.0)  # ungated: oat
 
 
 def test_mixed_preference_waits_for_its_burn_in_then_labels_its_share():

@@ -159,7 +159,7 @@ def test_update_on_empty_buffer_reports_nothing_trained():
     rm = EpistemicRewardModel(4, num_heads=2, seed=0)
     before = rm.net.W1.detach().clone()
     stats = rm.update()
-    assert stats["steps"] == 0 and math.isnan(stats["loss"]) and math.isnan(stats["accuracy"])
+    assert stats["steps"] == 0 and math.isnan(stats["loss"]) and math.isnan(stats["train_accuracy"])
     assert torch.equal(before, rm.net.W1)
 
 
