@@ -27,7 +27,7 @@ from .metrics import MetricsLogger, read_metrics
 from .oracle import Oracle
 from .oracle.durable import OracleFailure
 from .seeding import stream_rng, stream_seed
-from .types import ORACLE, POLICY, REFERENCE, REWARD_MODEL, Completion, PreferencePair, Prompt
+from .types import ORACLE, POLICY, REFERENCE, REWARD_MODEL, Completion, Preference, PreferencePair, Prompt
 
 STAGES = ("generate", "select", "extra_responses", "oracle", "reward_model", "learn", "sync")  # time/* per round
 
@@ -77,6 +77,15 @@ def fixed_pairs(completions: list[list[Completion]]) -> np.ndarray:
     idx = np.tile(np.array([0, 1]), (len(completions), 1))
     idx[same] = -1
     return idx
+
+
+def queried_score(pref: Preference) -> dict[str, float]:
+    """The oracle's mean score of the responses it judged this round, over all ranks: the online reward
+    curve, smoother than the greedy evaluation. Empty for an oracle without scores (a judge)."""
+    scores = [] if pref.scores_a is None else [pref.scores_a, pref.scores_b]
+    total = all_reduce_sum(float(sum(np.sum(s) for s in scores)))
+    count = all_reduce_sum(float(sum(len(s) for s in scores)))
+    return {"oracle_score": total / count} if count else {}
 
 
 class OnlineLoop:
@@ -195,10 +204,11 @@ class OnlineLoop:
         counts = {"pairs": len(pairs), "ties": int((~informative).sum()), "model_labelled": int(by_model.sum()),
                   "policy_labelled": int(sum(p.labelled_by == POLICY for p in pairs))}
         counts = {k: int(all_reduce_sum(v)) for k, v in counts.items()}  # over all ranks
+        scored = queried_score(pref)
         self.state.pairs_trained += counts["pairs"]
         self.state.ties += counts["ties"]
         total = sum(times.values())
-        row = {"round": self.state.round, **train_metrics, **explore_metrics,
+        row = {"round": self.state.round, **train_metrics, **explore_metrics, **scored,
                **{f"time/{k}": v for k, v in times.items()},
                "pairs_per_sec": len(prompts) * self.world_size / total, **counts, "learner_steps": self.learner.steps,
                "response_tokens": float(np.mean([len(c.token_ids) for group in completions for c in group]))
