@@ -29,6 +29,7 @@ from .oracle.durable import OracleFailure
 from .seeding import stream_rng, stream_seed
 from .types import ORACLE, POLICY, REFERENCE, REWARD_MODEL, Completion, PreferencePair, Prompt
 
+_UNSET = object()
 STAGES = ("generate", "select", "extra_responses", "oracle", "reward_model", "learn", "sync")  # time/* per round
 
 
@@ -90,6 +91,7 @@ class OnlineLoop:
         self.state = LoopState()
         self.out = Path(cfg.output_dir)
         self.engine_weights = "reference"  # the engine starts with the initial (= reference) weights
+        self._names: frozenset[str] | None | object = _UNSET  # what a swap sends (_sync_names), found once
         self.checkpointer: Checkpointer | None = None  # set by enable_checkpoints()
         self.signals = StopSignals()
         self.run_info: dict = {}  # what the run's set-up reports (e.g. prompts skipped), added to the summary
@@ -249,9 +251,18 @@ class OnlineLoop:
         want = "reference" if weights == "reference" or self.learner.steps == 0 else f"policy@{self.learner.steps}"
         if want == self.engine_weights:
             return
-        source = self.learner.reference_weights() if want == "reference" else self.learner.named_weights()
-        self.engine.update_weights(source)
+        names = self._sync_names()
+        source = self.learner.reference_weights(names) if want == "reference" else self.learner.named_weights(names)
+        self.engine.update_weights(source, partial=names is not None)
         self.engine_weights = want
+
+    def _sync_names(self) -> frozenset[str] | None:
+        """What a swap sends: None = every parameter; with LoRA the adapted tensors (policy and reference
+        differ in nothing else), completed to whole fused layers where the engine fuses them (vLLM's qkv)."""
+        if self._names is _UNSET:
+            trained = self.learner.trained_weight_names()
+            self._names = None if trained is None else self.engine.names_to_update(trained)
+        return self._names
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -333,4 +344,6 @@ class OnlineLoop:
             final = self.out / "final"
             self.learner.save_pretrained(final, self.tokenizer)  # every rank: ZeRO-3 gathers collectively
             summary["final_model"] = str(final)
+            if self.cfg.save_merged:
+                summary["final_merged_model"] = str(self.learner.save_merged(self.out / "final_merged", self.tokenizer))
         return summary

@@ -148,7 +148,7 @@ def run(cfg: RunConfig) -> dict:
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=stream_seed(cfg.seed, "prompts", rank)),
                       engine=engine, explorer=build_explorer(cfg, seed=stream_seed(cfg.seed, "explorer", rank),
-                                                             policy=learner.reference),
+                                                             policy=learner.reference_decoder()),
                       oracle=oracle, learner=learner, evaluator=evaluator, algorithm=algorithm,
                       metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
                                             rebuild_tensorboard=checkpoint is not None),
@@ -210,7 +210,8 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
         f"  output   {cfg.output_dir} ({where})"])
 
 
-OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory"),
+OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory (with LoRA: its peft adapter)"),
+           ("final_merged/", "the base model with the LoRA adapter merged in (--save_merged)"),
            ("win_rate.png", "win rate against oracle queries"),
            ("metrics.jsonl", "every round and evaluation (also tensorboard/)"),
            ("eval_responses.jsonl", "held-out prompts with the reference's and the policy's responses"),

@@ -55,6 +55,15 @@ def test_json_round_trip(tmp_path):
     (["--oracle_timeout", "0"], "oracle_timeout must be > 0"),
     (["--oracle_retries", "-2"], "oracle_retries must be ≥ 0"),
     (["--resume", "/no/such/checkpoint"], "--resume '/no/such/checkpoint': no such directory"),
+    (["--lora_r", "-1"], "lora_r must be ≥ 0"),
+    (["--lora_alpha", "8"], "--lora_alpha applies only to LoRA: add --lora_r"),
+    (["--save_merged"], "--save_merged applies only to LoRA"),
+    (["--lora_r", "8", "--lora_alpha", "0"], "lora_alpha must be > 0"),
+    (["--lora_r", "8", "--lora_dropout", "1"], "lora_dropout must be in"),
+    (["--lora_r", "8", "--lora_target_modules", " , "], "give comma-separated module names"),
+    (["--lora_r", "8", "--lora_target_modules", "q_proj,lm_head"], "may not include lm_head"),
+    (["--lora_r", "8", "--zero_stage", "3"], "ZeRO-3 partitions the base weights"),
+    (["--lora_r", "8", "--lora_dropout", "0.1", "--algorithm", "bpo"], "use --lora_dropout 0 with bpo"),
 ])
 def test_bad_flags_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -75,3 +84,9 @@ def test_malformed_config_file(tmp_path):
         parse_args(["--config", str(path)])
     with pytest.raises(ConfigError, match="config file not found"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_lora_flags():
+    cfg = parse_args(["--lora_r", "16", "--lora_target_modules", "q_proj, v_proj", "--save_merged"])
+    assert (cfg.lora_r, cfg.lora_targets(), cfg.save_merged) == (16, ["q_proj", "v_proj"], True)
+    assert RunConfig(lora_r=8).validate().lora_targets() == "all-linear"

@@ -37,7 +37,7 @@ class FakeEngine:
         self.generated_with.append(f"greedy:{self.weights}")
         return [Completion(token_ids=[5], text="x") for _ in prompt_ids]
 
-    def update_weights(self, named):
+    def update_weights(self, named, partial=False):
         self.weights = next(iter(named))[0]
 
 
@@ -52,10 +52,13 @@ class FakeLearner:
         self.steps += 1
         return {"loss": 0.5}
 
-    def named_weights(self):
+    def named_weights(self, names=None):
         yield f"policy@{self.steps}", torch.zeros(1)
 
-    def reference_weights(self):
+    def trained_weight_names(self):
+        return None  # every parameter, as full fine-tuning
+
+    def reference_weights(self, names=None):
         yield "reference", torch.zeros(1)
 
 

@@ -156,7 +156,8 @@ def confident_pairs(rewards: np.ndarray, ids: np.ndarray, rng: np.random.Generat
 
 def build_explorer(cfg, seed: int, policy: torch.nn.Module | None = None) -> PassiveExplorer:
     """The explorer named by cfg.explore; SEA rules get features (MiniLM, or the frozen initial policy's
-    hidden state when cfg.erm_features == "policy") and an E-head reward ensemble."""
+    hidden state when cfg.erm_features == "policy": `policy` is that model or its transformer body, e.g.
+    `PolicyLearner.reference_decoder()`) and an E-head reward ensemble."""
     if cfg.explore == "passive":
         return PassiveExplorer(seed)
     if cfg.erm_features == "policy":
