@@ -19,14 +19,28 @@ import torch
 from ..config import ConfigError, RunConfig
 
 
-def lora_policy(base: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
-    """`base` wrapped by peft with the run's LoRA adapter (only the adapter requires grad)."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg: RunConfig):
+    """The run's `peft.LoraConfig` (also what bench/throughput.py hands TRL as its peft_config)."""
+    from peft import LoraConfig
 
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                        target_modules=cfg.lora_targets(), bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.lora_targets(), bias="none", task_type="CAUSAL_LM")
+
+
+def lora_policy(base: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    """`base` wrapped by peft with the run's LoRA adapter (only the adapter requires grad).
+
+    peft draws A's initial values (B starts at zero) from torch's global RNG: they are drawn here from the
+    run's own "lora-init" stream instead, so every rank and every run with the seed starts alike."""
+    from peft import get_peft_model
+
+    from ..seeding import stream_seed
+
+    config = lora_config(cfg)
     try:
-        return get_peft_model(base, config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(cfg.seed, "lora-init"))
+            return get_peft_model(base, config)
     except ValueError as exc:  # peft: "Target modules {...} not found in the base model"
         linear = sorted({name.rpartition(".")[2] for name, m in base.named_modules()
                          if isinstance(m, torch.nn.Linear) and m is not base.get_output_embeddings()})

@@ -141,3 +141,18 @@ def test_behaviour_reference_bpo_with_lora(tiny_model_dir):
         next(learner.reference_weights())
     out = learner.learn(make_pairs())
     assert learner.steps == 4 and out["rewards/margin"] > 0
+
+
+def test_the_adapter_starts_from_the_run_seed(tiny_model_dir):
+    """A's initial values come from the run's own seeded stream (not torch's global RNG): every rank and every
+    run with the same seed starts from the same adapter, another seed from another."""
+    from fastalign.learner.lora import lora_policy
+
+    def initial(seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed + 123)  # whatever the global RNG holds
+        model = lora_policy(load_causal_lm(tiny_model_dir), lora_cfg(tiny_model_dir, seed=seed))
+        return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+    a, b, c = initial(0), initial(0), initial(1)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(a[n], c[n]) for n in a if ".lora_A." in n)
