@@ -1,7 +1,8 @@
 """End-to-end throughput: fastalign vs TRL's online DPO on the same work, and vs the component bound.
 
 Same model, prompts (the default set's training split, in fastalign's stream order), batch B, N=2
-samples per prompt, response length, dtype and DPO loss (β 0.1, lr 5e-5) for every contender. The dtype
+samples per prompt, response length, dtype and DPO loss (β 0.1, lr 5e-5; the LoRA contenders: LoRA's default
+learning rate) for every contender. The dtype
 is what a user gets with `--dtype auto` (bf16 where the CPU computes it natively, fp32 elsewhere: bf16 is
 emulated, ~4× slower, on a CPU without it); TRL then runs with `bf16=True`, else fp32; the JSON says which.
 - fastalign: `fastalign.train.run` itself; a round's wall time is the gap between consecutive
@@ -104,6 +105,7 @@ def _timed_fastalign_run(args, out: Path, lora: bool) -> dict:
     if lora:
         defaults = lora_run_config(args)
         cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules = args.lora_r, defaults.lora_alpha, defaults.lora_target_modules
+        cfg.learning_rate = defaults.resolved_learning_rate()
     clocks: list[tuple[float, float]] = []
     plain_round = OnlineLoop.round
 
@@ -190,7 +192,8 @@ def part_trl(args, checkpointing: bool, lora: bool = False) -> dict:
     config = OnlineDPOConfig(
         output_dir=scratch.name, per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.rounds, max_new_tokens=args.max_new_tokens, temperature=1.0,
-        beta=BETA, learning_rate=LEARNING_RATE, bf16=args.dtype == "bf16", use_cpu=True, seed=SEED,
+        beta=BETA, learning_rate=lora_run_config(args).resolved_learning_rate() if lora else LEARNING_RATE,
+        bf16=args.dtype == "bf16", use_cpu=True, seed=SEED,
         gradient_checkpointing=checkpointing, report_to=[], save_strategy="no", logging_steps=10**6,
         disable_tqdm=True, dataloader_num_workers=0)
     peft_config = None

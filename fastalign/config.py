@@ -28,6 +28,7 @@ DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes it n
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPTS = "default"
 RESUME_MODES = ("auto", "no")
+FULL_LEARNING_RATE, LORA_LEARNING_RATE = 5e-5, 5e-4  # the defaults (docs/lora.md: chosen by measurement)
 LORA_OPTIONS = ("lora_alpha", "lora_dropout", "lora_target_modules", "save_merged")  # used only with lora_r > 0
 
 
@@ -99,7 +100,7 @@ class RunConfig:
     label_smoothing: float = 0.0
     simpo_gamma_ratio: float = 0.5
     discopop_tau: float = 0.05
-    learning_rate: float = 5e-5
+    learning_rate: float | None = None  # None = 5e-5 for full fine-tuning, LORA_LEARNING_RATE with LoRA
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 8  # prompts per round = oracle queries per round
@@ -169,9 +170,11 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("beta", "learning_rate", "bt_temperature", "kv_cache_gib"):
+        for name in ("beta", "bt_temperature", "kv_cache_gib"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0 (or omitted for the default), got {self.learning_rate}")
         if self.samples_per_prompt < 2:
             raise ConfigError(f"samples_per_prompt must be ≥ 2 to form a pair, got {self.samples_per_prompt}")
         if self.temperature <= 0:
@@ -327,6 +330,12 @@ class RunConfig:
         algorithm_class(self.algorithm).check(self)
 
     # ------------------------------------------------------------------ I/O
+    def resolved_learning_rate(self) -> float:
+        """The learning rate given, else the default: an adapter needs about ten times full fine-tuning's."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LORA_LEARNING_RATE if self.lora_r > 0 else FULL_LEARNING_RATE
+
     def resolved_logprob_impl(self) -> str:
         """auto → naive under ZeRO-3, else the fused path dispatched by device (Triton on CUDA, CPU path)."""
         if self.logprob_impl == "auto" and self.zero_stage == 3:

@@ -31,6 +31,7 @@ def test_json_round_trip(tmp_path):
     (["--engine", "tgi"], "unknown engine 'tgi'"),
     (["--engine", "hf", "--engine_compile", "true"], "engine_compile is vLLM's compiled mode"),
     (["--beta", "0"], "beta must be > 0"),
+    (["--learning_rate", "0"], "learning_rate must be > 0"),
     (["--beta", "abc"], "option beta: expected float"),
     (["--rounds", "2.5"], "option rounds: expected int"),
     (["--samples_per_prompt", "1"], "samples_per_prompt must be ≥ 2"),
@@ -90,3 +91,11 @@ def test_lora_flags():
     cfg = parse_args(["--lora_r", "16", "--lora_target_modules", "q_proj, v_proj", "--save_merged"])
     assert (cfg.lora_r, cfg.lora_targets(), cfg.save_merged) == (16, ["q_proj", "v_proj"], True)
     assert RunConfig(lora_r=8).validate().lora_targets() == "all-linear"
+
+
+def test_the_default_learning_rate_depends_on_lora():
+    from fastalign.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE
+
+    assert RunConfig().resolved_learning_rate() == FULL_LEARNING_RATE
+    assert RunConfig(lora_r=16).resolved_learning_rate() == LORA_LEARNING_RATE > FULL_LEARNING_RATE
+    assert RunConfig(lora_r=16, learning_rate=1e-4).resolved_learning_rate() == 1e-4

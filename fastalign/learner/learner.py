@@ -73,7 +73,7 @@ class PolicyLearner:
         if self.lora:
             policy = lora_policy(policy, cfg)
         trainable = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.resolved_learning_rate(), weight_decay=cfg.weight_decay,
                                       betas=(0.9, 0.95), fused=False)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
@@ -214,7 +214,7 @@ class PolicyLearner:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:  # DeepSpeed reports it where it clips (bf16 / ZeRO optimizers)
             out["grad_norm"] = _finite_or_nan(grad_norm)
-        out["lr"] = self.cfg.learning_rate
+        out["lr"] = self.cfg.resolved_learning_rate()
         return out
 
     def _zero_loss(self) -> torch.Tensor:
