@@ -203,6 +203,8 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
     return "\n".join([
         f"fastalign: {cfg.algorithm} with the {cfg.loss} loss (beta {cfg.beta}), {cfg.rounds} rounds of "
         f"{cfg.batch_size} prompts{ranks}",
+        f"  learner  {f'LoRA rank {cfg.lora_r} ({cfg.lora_target_modules}, alpha {cfg.lora_alpha:g})' if cfg.lora_r else 'full fine-tuning'}"
+        f", learning rate {cfg.resolved_learning_rate():g}",
         f"  model    {model}",
         f"  dtype    learner {cfg.dtype} ({reasons['dtype']}); engine {engine} in {cfg.engine_dtype}"
         + ("" if reasons["engine_dtype"] == reasons["dtype"] else f" ({reasons['engine_dtype']})"),
