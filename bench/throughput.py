@@ -1,13 +1,19 @@
 """End-to-end throughput: fastalign vs TRL's online DPO on the same work, and vs the component bound.
 
 Same model, prompts (the default set's training split, in fastalign's stream order), batch B, N=2
-samples per prompt, response length, fp32 and DPO loss (β 0.1, lr 5e-5) for every contender:
+samples per prompt, response length, dtype and DPO loss (β 0.1, lr 5e-5; the LoRA contenders: LoRA's default
+learning rate) for every contender. The dtype
+is what a user gets with `--dtype auto` (bf16 where the CPU computes it natively, fp32 elsewhere: bf16 is
+emulated, ~4× slower, on a CPU without it); TRL then runs with `bf16=True`, else fp32; the JSON says which.
 - fastalign: `fastalign.train.run` itself; a round's wall time is the gap between consecutive
   metrics.jsonl rows, its split the logged `time/*` stages (generate / select / oracle / learn / sync);
+- fastalign-lora: the same with a LoRA adapter (`--lora_r`, the run's default alpha and targets);
 - trl-default: `trl.experimental.online_dpo.OnlineDPOTrainer` with its defaults (gradient
   checkpointing on, which also turns the KV cache off in generation), the VADER reward as a reward
-  function; fp32 (its bf16 default is emulated, ~4× slower, on a CPU without native bf16);
+  function;
 - trl-nockpt: the same with gradient checkpointing off (KV cache on);
+- trl-lora: trl-nockpt given fastalign's LoRA config as its `peft_config` (TRL's reference is then
+  the base with the adapter off, as fastalign's);
 - bound: the essential work measured alone in one process: the same generation in the vLLM engine
   (compiled mode for both unless `--engine_compile false`),
   then the learner's own log-prob path with plain torch — reference log-probs, policy forward +
@@ -15,7 +21,8 @@ samples per prompt, response length, fp32 and DPO loss (β 0.1, lr 5e-5) for eve
 - fastalign-2proc (`--torchrun`): fastalign under `torchrun --nproc_per_node=2`, DeepSpeed ZeRO-2,
   one thread per rank, each rank a batch of B: pairs/sec over both ranks vs 1 process.
 Every contender runs in its own fresh process: `--warmup` untimed rounds, then `--rounds` timed
-ones; medians are reported. Pairs/sec = prompts trained per second (one pair per prompt).
+ones; medians are reported. Pairs/sec = prompts trained per second (one pair per prompt). Peak memory
+is the contender's process peak RSS (VmHWM) at its end (rank 0's under torchrun).
 
     python bench/throughput.py [--model DIR] [--rounds 4] [--warmup 1] [--torchrun] [--out PATH]
     torchrun --nproc_per_node=2 bench/throughput.py --part fastalign --zero_stage 2 --threads 1 --part_out F
@@ -37,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "throughput.json"
-PARTS = ("fastalign", "trl-default", "trl-nockpt", "bound")
+PARTS = ("fastalign", "fastalign-lora", "trl-default", "trl-nockpt", "trl-lora", "bound")
 BETA, LEARNING_RATE, SEED = 0.1, 5e-5, 0
 
 
@@ -69,12 +76,19 @@ def _median_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------ fastalign
 
 
-def part_fastalign(args) -> dict:
+def lora_run_config(args):
+    """The LoRA options both LoRA contenders use: rank --lora_r, everything else the run's defaults."""
+    from fastalign.config import RunConfig
+
+    return RunConfig(model=args.model_dir, lora_r=args.lora_r).validate()
+
+
+def part_fastalign(args, lora: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="fastalign-bench-") as tmp:  # the run's checkpoint is ~1.6 GB
-        return _timed_fastalign_run(args, Path(tmp))
+        return _timed_fastalign_run(args, Path(tmp), lora)
 
 
-def _timed_fastalign_run(args, out: Path) -> dict:
+def _timed_fastalign_run(args, out: Path, lora: bool) -> dict:
     from fastalign.config import RunConfig
     from fastalign.loop import STAGES, OnlineLoop
     from fastalign.metrics import read_metrics
@@ -84,10 +98,14 @@ def _timed_fastalign_run(args, out: Path) -> dict:
     cfg = RunConfig(model=args.model_dir, output_dir=str(out), seed=SEED, threads=args.threads,
                     batch_size=args.batch_size, micro_batch_size=args.batch_size,
                     samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens,
-                    beta=BETA, learning_rate=LEARNING_RATE, dtype="fp32", engine_dtype="fp32", engine="vllm",
+                    beta=BETA, learning_rate=LEARNING_RATE, dtype=args.dtype, engine_dtype=args.dtype, engine="vllm",
                     zero_stage=args.zero_stage, share_prompt=args.share_prompt, engine_compile=args.engine_compile,
                     rounds=total, eval_every=total, num_eval_prompts=args.batch_size,
                     save_final=False, tensorboard=False, progress=False)
+    if lora:
+        defaults = lora_run_config(args)
+        cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules = args.lora_r, defaults.lora_alpha, defaults.lora_target_modules
+        cfg.learning_rate = defaults.resolved_learning_rate()
     clocks: list[tuple[float, float]] = []
     plain_round = OnlineLoop.round
 
@@ -132,7 +150,12 @@ def _vader_reward():
     return vader
 
 
-def part_trl(args, checkpointing: bool) -> dict:
+def _plain(config: dict) -> dict:
+    """peft's config dict for the JSON: its sets (target modules) as sorted lists."""
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+
+def part_trl(args, checkpointing: bool, lora: bool = False) -> dict:
     if args.samples_per_prompt != 2:
         return {"skipped": "TRL's online DPO samples exactly 2 responses per prompt"}
     try:
@@ -174,12 +197,19 @@ def part_trl(args, checkpointing: bool) -> dict:
     config = OnlineDPOConfig(
         output_dir=scratch.name, per_device_train_batch_size=args.batch_size,
         max_steps=args.warmup + args.rounds, max_new_tokens=args.max_new_tokens, temperature=1.0,
-        beta=BETA, learning_rate=LEARNING_RATE, bf16=False, use_cpu=True, seed=SEED,
+        beta=BETA, learning_rate=lora_run_config(args).resolved_learning_rate() if lora else LEARNING_RATE,
+        bf16=args.dtype == "bf16", use_cpu=True, seed=SEED,
         gradient_checkpointing=checkpointing, report_to=[], save_strategy="no", logging_steps=10**6,
         disable_tqdm=True, dataloader_num_workers=0)
+    peft_config = None
+    if lora:
+        from fastalign.learner.lora import lora_config
+
+        peft_config = lora_config(lora_run_config(args))
     trainer = OnlineDPOTrainer(
         model=load_causal_lm(args.model_dir, "fp32"), reward_funcs=_vader_reward(), args=config,
-        train_dataset=Dataset.from_dict({"prompt": texts}), processing_class=tokenizer, callbacks=[StepTimer()])
+        train_dataset=Dataset.from_dict({"prompt": texts}), processing_class=tokenizer, callbacks=[StepTimer()],
+        peft_config=peft_config)
     trainer._generate = timed("generate", trainer._generate)
     trainer._calculate_rewards_from_functions = timed("oracle", trainer._calculate_rewards_from_functions)
     _set_threads(args.threads)
@@ -190,7 +220,8 @@ def part_trl(args, checkpointing: bool) -> dict:
     timed_rows = rows[args.warmup:]
     med = _median_rows(timed_rows)
     return {"pairs_per_sec": args.batch_size / med["round_s"], "pairs_per_cpu_sec": args.batch_size / med["cpu_s"],
-            "median": med, "rounds": timed_rows, "gradient_checkpointing": checkpointing, "wall_s": wall, "trl_version": trl.__version__}
+            "median": med, "rounds": timed_rows, "gradient_checkpointing": checkpointing, "wall_s": wall,
+            "trl_version": trl.__version__, "peft_config": _plain(peft_config.to_dict()) if peft_config is not None else None}
 
 
 # ------------------------------------------------------------------------------------------ component bound
@@ -206,10 +237,10 @@ def part_bound(args) -> dict:
 
     tokenizer = load_tokenizer(args.model_dir)
     batches = _prompts(args, tokenizer)
-    policy = load_causal_lm(args.model_dir, "fp32")
-    reference = load_causal_lm(args.model_dir, "fp32").eval().requires_grad_(False)
+    policy = load_causal_lm(args.model_dir, args.dtype)
+    reference = load_causal_lm(args.model_dir, args.dtype).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=LEARNING_RATE, betas=(0.9, 0.95), fused=False)
-    engine = build_engine("vllm", args.model_dir, dtype="fp32", seed=SEED, threads=args.threads,
+    engine = build_engine("vllm", args.model_dir, dtype=args.dtype, seed=SEED, threads=args.threads,
                           max_model_len=96 + args.max_new_tokens + 64, compile=args.engine_compile)
     _set_threads(args.threads)
     params = LossParams(BETA)
@@ -255,21 +286,35 @@ def _set_threads(n: int) -> None:
 def run_part(args) -> dict:
     from fastalign.models import resolve_model_dir
 
+    from fastalign.models import resolve_dtype
+
     _env_defaults()
     args.model_dir = str(resolve_model_dir(args.model))
+    args.dtype = resolve_dtype(args.dtype)
     _set_threads(args.threads)
-    if args.part == "fastalign":
-        return part_fastalign(args)
-    if args.part == "bound":
-        return part_bound(args)
-    return part_trl(args, checkpointing=args.part == "trl-default")
+    if args.part.startswith("fastalign"):
+        result = part_fastalign(args, lora=args.part == "fastalign-lora")
+    elif args.part == "bound":
+        result = part_bound(args)
+    else:
+        result = part_trl(args, checkpointing=args.part == "trl-default", lora=args.part == "trl-lora")
+    return {**result, "dtype": args.dtype, "peak_rss_gib": peak_rss_gib()}
+
+
+def peak_rss_gib() -> float | None:
+    """This process's peak resident memory (VmHWM), GiB; None where /proc has no such line."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return int(line.split()[1]) / 2**20  # kB
 
 
 def _common_flags(args) -> list[str]:
     return ["--model", args.model, "--batch_size", str(args.batch_size), "--samples_per_prompt",
             str(args.samples_per_prompt), "--max_new_tokens", str(args.max_new_tokens), "--rounds", str(args.rounds),
             "--warmup", str(args.warmup), "--share_prompt", str(args.share_prompt).lower(),
-            "--engine_compile", str(args.engine_compile).lower()]
+            "--engine_compile", str(args.engine_compile).lower(), "--dtype", args.dtype, "--lora_r", str(args.lora_r)]
 
 
 def spawn(args, part: str, nproc: int = 1) -> dict:
@@ -326,7 +371,11 @@ def ratios(results: dict) -> dict:
         def rate(name: str) -> float | None:
             return results.get(name, {}).get(key)
 
-        fa = rate("fastalign")
+        fa, lora = rate("fastalign"), rate("fastalign-lora")
+        if lora and rate("trl-lora"):
+            out[f"fastalign-lora_vs_trl-lora/{clock}"] = lora / rate("trl-lora")
+        if lora and fa:
+            out[f"lora_round_vs_full/{clock}"] = fa / lora  # LoRA's round time as a share of full fine-tuning's
         if not fa:
             continue
         for peer in ("trl-default", "trl-nockpt"):
@@ -336,12 +385,15 @@ def ratios(results: dict) -> dict:
             out[f"fastalign_time_vs_bound/{clock}"] = rate("bound") / fa
         if clock == "wall" and rate("fastalign-2proc"):
             out["scaling_2proc/wall"] = rate("fastalign-2proc") / fa
+    rss = {name: r.get("peak_rss_gib") for name, r in results.items()}
+    if rss.get("fastalign") and rss.get("fastalign-lora"):
+        out["lora_peak_rss_vs_full"] = rss["fastalign-lora"] / rss["fastalign"]
     return out
 
 
 def table(results: dict, rel: dict) -> str:
     lines = [f"{'contender':16s} {'pairs/s':>8s} {'cpu s':>7s} {'round s':>8s} {'generate':>9s} {'oracle':>7s} {'learn':>7s} "
-             f"{'sync':>6s}  note"]
+             f"{'sync':>6s} {'peak GiB':>8s}  note"]
     for name, r in results.items():
         if "pairs_per_sec" not in r:
             lines.append(f"{name:16s} {'-':>8s}  {r.get('skipped') or r.get('failed')}")
@@ -349,8 +401,9 @@ def table(results: dict, rel: dict) -> str:
         m = r["median"]
         learn = m.get("learn", m.get("reference", 0) + m.get("forward_backward", 0) + m.get("optimizer", 0))
         note = f"resp {m['response_tokens']:.1f} tok" if "response_tokens" in m else ""
+        rss = f"{r['peak_rss_gib']:8.2f}" if r.get("peak_rss_gib") else f"{'-':>8s}"
         lines.append(f"{name:16s} {r['pairs_per_sec']:8.3f} {m.get('cpu_s', 0):7.2f} {m['round_s']:8.2f} {m.get('generate', 0):9.2f} "
-                     f"{m.get('oracle', 0):7.3f} {learn:7.2f} {m.get('sync', 0):6.2f}  {note}")
+                     f"{m.get('oracle', 0):7.3f} {learn:7.2f} {m.get('sync', 0):6.2f} {rss}  {note}")
     for key, value in rel.items():
         lines.append(f"{key}: {value:.2f}×")
     return "\n".join(lines)
@@ -374,6 +427,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--engine_compile", type=_yes, default=True,
                    help="fastalign and the bound generate with vLLM's compiled mode (RunConfig.engine_compile); "
                         "its compile happens at start-up, before the timed rounds")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="every contender's dtype; auto: bf16 where the CPU computes it natively, else fp32")
+    p.add_argument("--lora_r", type=int, default=16, help="the LoRA contenders' rank (alpha, targets: the run defaults)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS)
     p.add_argument("--torchrun", action="store_true", help="also run fastalign under torchrun, 2 ranks, ZeRO-2")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per contender")
@@ -384,6 +440,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warmup < 1 or args.rounds < 1:
         p.error("--warmup and --rounds must be ≥ 1 (a round's wall time is measured from the one before)")
+    if args.lora_r < 1:
+        p.error("--lora_r must be ≥ 1 (the LoRA contenders' rank)")
     return args
 
 
@@ -398,7 +456,11 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result, indent=2))
         return 0
 
+    from fastalign.models import dtype_reason, resolve_dtype
+
     info = machine_info(args.threads)
+    info["dtype"], info["dtype_reason"] = resolve_dtype(args.dtype), dtype_reason(args.dtype)
+    args.dtype = info["dtype"]  # every contender gets the resolved dtype
     results = {part: spawn(args, part) for part in args.parts}
     if args.torchrun and "fastalign" in args.parts:
         results["fastalign-2proc"] = spawn(args, "fastalign", nproc=2)

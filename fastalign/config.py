@@ -30,6 +30,8 @@ DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes it n
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_PROMPTS = "default"
 RESUME_MODES = ("auto", "no")
+FULL_LEARNING_RATE, LORA_LEARNING_RATE = 5e-5, 5e-4  # the defaults (docs/lora.md: chosen by measurement)
+LORA_OPTIONS = ("lora_alpha", "lora_dropout", "lora_target_modules", "save_merged")  # used only with lora_r > 0
 
 
 class ConfigError(ValueError):
@@ -107,7 +109,7 @@ class RunConfig:
     label_smoothing: float = 0.0
     simpo_gamma_ratio: float = 0.5
     discopop_tau: float = 0.05
-    learning_rate: float = 5e-5
+    learning_rate: float | None = None  # None = 5e-5 for full fine-tuning, LORA_LEARNING_RATE with LoRA
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     batch_size: int = 8  # prompts per round = oracle queries per round
@@ -117,6 +119,12 @@ class RunConfig:
     logprob_impl: str = "auto"  # LM head + loss: cpu / triton (fused) or naive; auto: Triton on CUDA, naive at ZeRO-3
     zero_stage: int = 0
     deepspeed_config: str | None = None  # a DeepSpeed JSON; overrides the flags it sets
+    # LoRA through peft (docs/lora.md): the reference is the base with the adapter off, sync sends merged tensors
+    lora_r: int = 0  # adapter rank; 0 = full fine-tuning
+    lora_alpha: float = 32.0  # the adapter's update is (alpha / r)·B·A
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"  # comma-separated module names (q_proj,v_proj) or all-linear
+    save_merged: bool = False  # with LoRA, also write output_dir/final_merged/: the base with the adapter merged in
     # --- loop ---
     rounds: int = 20
     max_queries: int | None = None
@@ -171,9 +179,11 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("beta", "learning_rate", "bt_temperature", "kv_cache_gib"):
+        for name in ("beta", "bt_temperature", "kv_cache_gib"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0 (or omitted for the default), got {self.learning_rate}")
         if self.samples_per_prompt < 2:
             raise ConfigError(f"samples_per_prompt must be ≥ 2 to form a pair, got {self.samples_per_prompt}")
         if self.temperature <= 0:
@@ -211,6 +221,7 @@ class RunConfig:
             raise ConfigError(f"deepspeed_config not found: {self.deepspeed_config!r}")
         self._validate_reliability()
         self._validate_exploration()
+        self._validate_lora()
         if self.max_queries is not None and self.max_queries < self.batch_size:
             raise ConfigError(f"max_queries ({self.max_queries}) is below one round's batch_size ({self.batch_size})")
         return self
@@ -229,6 +240,42 @@ class RunConfig:
         if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
             raise ConfigError(f"--resume {self.resume!r}: no such directory (give a checkpoint directory, a "
                               "directory of checkpoints, 'auto' to continue output_dir's run, or 'no')")
+
+    def _validate_lora(self) -> None:
+        """LoRA options apply only with lora_r > 0; the adapter must leave the LM head and embeddings whole
+        (the fused log-prob path reads the head's weight; SmolLM2-like models tie it to the embeddings)."""
+        if self.lora_r < 0:
+            raise ConfigError(f"lora_r must be ≥ 0 (0 = full fine-tuning), got {self.lora_r}")
+        if self.lora_r == 0:
+            defaults = RunConfig.__dataclass_fields__
+            changed = [name for name in LORA_OPTIONS if getattr(self, name) != defaults[name].default]
+            if changed:
+                raise ConfigError(f"--{changed[0]} applies only to LoRA: add --lora_r (e.g. 16), or drop it")
+            return
+        if not self.lora_alpha > 0:
+            raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        targets = self.lora_targets()
+        names = [] if targets == "all-linear" else targets
+        if not targets or any(not re.fullmatch(r"[A-Za-z_][\w.]*", t) for t in names):
+            raise ConfigError(f"lora_target_modules {self.lora_target_modules!r}: give comma-separated module names "
+                              "(e.g. q_proj,k_proj,v_proj,o_proj) or all-linear")
+        whole = sorted(set(names) & {"lm_head", "embed_tokens"})
+        if whole:
+            raise ConfigError(f"lora_target_modules may not include {', '.join(whole)}: the learner reads the LM head's "
+                              "weight directly and tied models share it with the embeddings; adapt the decoder's "
+                              "linear layers (all-linear leaves both out)")
+        if self.zero_stage == 3:
+            raise ConfigError("LoRA with --zero_stage 3 is not supported: ZeRO-3 partitions the base weights, which the "
+                              "merged weight sync needs whole (and the adapter's optimizer state is small anyway): "
+                              "use --zero_stage 0, 1 or 2")
+
+    def lora_targets(self) -> list[str] | str:
+        """peft's target_modules: a list of module names, or the string "all-linear"."""
+        if self.lora_target_modules.strip() == "all-linear":
+            return "all-linear"
+        return [t.strip() for t in self.lora_target_modules.split(",") if t.strip()]
 
     def _validate_loss(self) -> None:
         from .losses import LOSSES, loss_spec
@@ -312,6 +359,12 @@ class RunConfig:
         algorithm_class(self.algorithm).check(self)
 
     # ------------------------------------------------------------------ I/O
+    def resolved_learning_rate(self) -> float:
+        """The learning rate given, else the default: an adapter needs about ten times full fine-tuning's."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LORA_LEARNING_RATE if self.lora_r > 0 else FULL_LEARNING_RATE
+
     def resolved_logprob_impl(self) -> str:
         """auto → naive under ZeRO-3, else the fused path dispatched by device (Triton on CUDA, CPU path)."""
         if self.logprob_impl == "auto" and self.zero_stage == 3:

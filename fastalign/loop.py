@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -260,9 +261,17 @@ class OnlineLoop:
         want = "reference" if weights == "reference" or self.learner.steps == 0 else f"policy@{self.learner.steps}"
         if want == self.engine_weights:
             return
-        source = self.learner.reference_weights() if want == "reference" else self.learner.named_weights()
-        self.engine.update_weights(source)
+        names = self.sync_names
+        source = self.learner.reference_weights(names) if want == "reference" else self.learner.named_weights(names)
+        self.engine.update_weights(source, partial=names is not None)
         self.engine_weights = want
+
+    @cached_property
+    def sync_names(self) -> frozenset[str] | None:
+        """What a swap sends: None = every parameter; with LoRA the adapted tensors (policy and reference
+        differ in nothing else), completed to whole fused layers where the engine fuses them (vLLM's qkv)."""
+        trained = self.learner.trained_weight_names()
+        return None if trained is None else self.engine.names_to_update(trained)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -344,4 +353,6 @@ class OnlineLoop:
             final = self.out / "final"
             self.learner.save_pretrained(final, self.tokenizer)  # every rank: ZeRO-3 gathers collectively
             summary["final_model"] = str(final)
+            if self.cfg.save_merged:
+                summary["final_merged_model"] = str(self.learner.save_merged(self.out / "final_merged", self.tokenizer))
         return summary

@@ -157,7 +157,7 @@ def run(cfg: RunConfig) -> dict:
     evaluator = WinRateEvaluator(engine, oracle, eval_prompts, cfg.max_new_tokens)
     loop = OnlineLoop(cfg, stream=PromptStream(train_prompts, seed=stream_seed(cfg.seed, "prompts", rank)),
                       engine=engine, explorer=build_explorer(cfg, seed=stream_seed(cfg.seed, "explorer", rank),
-                                                             policy=learner.reference,
+                                                             policy=learner.reference_decoder(),
                                                              implicit_rewards=learner.implicit_rewards),
                       oracle=oracle, learner=learner, evaluator=evaluator, algorithm=algorithm,
                       metrics=MetricsLogger(out, cfg.tensorboard, enabled=is_main_process(),
@@ -211,6 +211,8 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
     return "\n".join([
         f"fastalign: {cfg.algorithm} with the {cfg.loss} loss (beta {cfg.beta}), {cfg.rounds} rounds of "
         f"{cfg.batch_size} prompts{ranks}",
+        f"  learner  {f'LoRA rank {cfg.lora_r} ({cfg.lora_target_modules}, alpha {cfg.lora_alpha:g})' if cfg.lora_r else 'full fine-tuning'}"
+        f", learning rate {cfg.resolved_learning_rate():g}",
         f"  model    {model}",
         f"  dtype    learner {cfg.dtype} ({reasons['dtype']}); {engine} engine in {cfg.engine_dtype}"
         + ("" if reasons["engine_dtype"] == reasons["dtype"] else f" ({reasons['engine_dtype']})"),
@@ -218,7 +220,8 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
         f"  output   {cfg.output_dir} ({where})"])
 
 
-OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory"),
+OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory (with LoRA: its peft adapter)"),
+           ("final_merged/", "the base model with the LoRA adapter merged in (--save_merged)"),
            ("win_rate.png", "win rate against oracle queries"),
            ("metrics.jsonl", "every round and evaluation (also tensorboard/)"),
            ("eval_responses.jsonl", "held-out prompts with the reference's and the policy's responses"),

@@ -118,7 +118,7 @@ class TaggingEngine:
         return [[Completion([7, k, seed % 1000], f"{self.weights}:{k}", [-1.0, -1.0], "stop") for k in range(n)]
                 for _ in prompt_ids]
 
-    def update_weights(self, weights):
+    def update_weights(self, weights, partial=False):
         self.weights = next(iter(weights))[0]
         self.loaded.append(self.weights)
 
@@ -129,10 +129,13 @@ class StandInLearner:
     def __init__(self):
         self.batches = []
 
-    def reference_weights(self):
+    def trained_weight_names(self):
+        return None  # every parameter, as full fine-tuning
+
+    def reference_weights(self, names=None):
         yield "reference", None
 
-    def named_weights(self):
+    def named_weights(self, names=None):
         yield f"policy@{self.steps}", None
 
     def learn(self, pairs):

@@ -31,6 +31,7 @@ def test_json_round_trip(tmp_path):
     (["--engine", "tgi"], "unknown engine 'tgi'"),
     (["--engine", "hf", "--engine_compile", "true"], "engine_compile is vLLM's compiled mode"),
     (["--beta", "0"], "beta must be > 0"),
+    (["--learning_rate", "0"], "learning_rate must be > 0"),
     (["--beta", "abc"], "option beta: expected float"),
     (["--rounds", "2.5"], "option rounds: expected int"),
     (["--samples_per_prompt", "1"], "samples_per_prompt must be ≥ 2"),
@@ -55,6 +56,15 @@ def test_json_round_trip(tmp_path):
     (["--oracle_timeout", "0"], "oracle_timeout must be > 0"),
     (["--oracle_retries", "-2"], "oracle_retries must be ≥ 0"),
     (["--resume", "/no/such/checkpoint"], "--resume '/no/such/checkpoint': no such directory"),
+    (["--lora_r", "-1"], "lora_r must be ≥ 0"),
+    (["--lora_alpha", "8"], "--lora_alpha applies only to LoRA: add --lora_r"),
+    (["--save_merged"], "--save_merged applies only to LoRA"),
+    (["--lora_r", "8", "--lora_alpha", "0"], "lora_alpha must be > 0"),
+    (["--lora_r", "8", "--lora_dropout", "1"], "lora_dropout must be in"),
+    (["--lora_r", "8", "--lora_target_modules", " , "], "give comma-separated module names"),
+    (["--lora_r", "8", "--lora_target_modules", "q_proj,lm_head"], "may not include lm_head"),
+    (["--lora_r", "8", "--zero_stage", "3"], "ZeRO-3 partitions the base weights"),
+    (["--lora_r", "8", "--lora_dropout", "0.1", "--algorithm", "bpo"], "use --lora_dropout 0 with bpo"),
 ])
 def test_bad_flags_are_refused(argv, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -75,3 +85,17 @@ def test_malformed_config_file(tmp_path):
         parse_args(["--config", str(path)])
     with pytest.raises(ConfigError, match="config file not found"):
         parse_args(["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_lora_flags():
+    cfg = parse_args(["--lora_r", "16", "--lora_target_modules", "q_proj, v_proj", "--save_merged"])
+    assert (cfg.lora_r, cfg.lora_targets(), cfg.save_merged) == (16, ["q_proj", "v_proj"], True)
+    assert RunConfig(lora_r=8).validate().lora_targets() == "all-linear"
+
+
+def test_the_default_learning_rate_depends_on_lora():
+    from fastalign.config import FULL_LEARNING_RATE, LORA_LEARNING_RATE
+
+    assert RunConfig().resolved_learning_rate() == FULL_LEARNING_RATE
+    assert RunConfig(lora_r=16).resolved_learning_rate() == LORA_LEARNING_RATE > FULL_LEARNING_RATE
+    assert RunConfig(lora_r=16, learning_rate=1e-4).resolved_learning_rate() == 1e-4

@@ -58,3 +58,31 @@ def test_cli_refuses_another_architecture(tiny_model_dir, tmp_path, capsys):
                      "--out", str(tmp_path / "x")])
     assert code == 2 and "shape" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_accepts_a_lora_adapter(tiny_model_dir, tmp_path, capsys):
+    """A LoRA run's final/ is an adapter: the aligned model is the SFT model with it merged in, so ExPO gives
+    W + α·ΔW on the adapted weights and leaves every other weight as it was."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_causal_lm(tiny_model_dir), LoraConfig(r=2, lora_alpha=4, target_modules=["o_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.05)
+    model.save_pretrained(tmp_path / "adapter")
+    delta = {f"{n.removeprefix('base_model.model.').removesuffix('.base_layer')}.weight": m.get_delta_weight("default")
+             for n, m in model.named_modules() if hasattr(m, "get_delta_weight") and n.endswith("o_proj")}
+    code = cli_main(["extrapolate", "--sft", str(tiny_model_dir), "--aligned", str(tmp_path / "adapter"),
+                     "--alpha", "1.5", "--out", str(tmp_path / "expo")])
+    assert code == 0, capsys.readouterr().err
+    sft = dict(load_causal_lm(tiny_model_dir).named_parameters())
+    got = dict(load_causal_lm(tmp_path / "expo").named_parameters())
+    assert len(delta) == 2 and got.keys() == sft.keys()
+    for name, p in got.items():
+        want = sft[name] + 1.5 * delta[name] if name in delta else sft[name]
+        torch.testing.assert_close(p, want, rtol=0, atol=1e-6, msg=name)
+    other = build_tiny_model(tmp_path / "wide", hidden_size=96)
+    assert cli_main(["extrapolate", "--sft", str(other), "--aligned", str(tmp_path / "adapter"), "--alpha", "1.5",
+                     "--out", str(tmp_path / "x")]) == 2
+    assert "does not fit the --sft model" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from fastalign.explore.reward_model import EpistemicRewardModel
 from fastalign.loop import OnlineLoop
 from fastalign.metrics import MetricsLogger, read_metrics
 from fastalign.oracle import CallableOracle
-from fastalign.types import REWARD_MODEL, Completion, Prompt
+from fastalign.types import ORACLE, REWARD_MODEL, Completion, Prompt
 
 
 class FakeEngine:
@@ -37,7 +37,7 @@ class FakeEngine:
         self.generated_with.append(f"greedy:{self.weights}")
         return [Completion(token_ids=[5], text="x") for _ in prompt_ids]
 
-    def update_weights(self, named):
+    def update_weights(self, named, partial=False):
         self.weights = next(iter(named))[0]
 
 
@@ -52,10 +52,13 @@ class FakeLearner:
         self.steps += 1
         return {"loss": 0.5}
 
-    def named_weights(self):
+    def named_weights(self, names=None):
         yield f"policy@{self.steps}", torch.zeros(1)
 
-    def reference_weights(self):
+    def trained_weight_names(self):
+        return None  # every parameter, as full fine-tuning
+
+    def reference_weights(self, names=None):
         yield "reference", torch.zeros(1)
 
 
@@ -142,7 +145,7 @@ def test_gated_out_rows_are_neither_asked_nor_trained_on(tmp_path):
     assert [r["queries"] for r in train] == [4, 8, 10, 12] and oracle.queries == 12
     assert [r.get("mixed/gated_out", 0) for r in train] == [0, 0, 2, 2]
     assert [r["model_labelled"] for r in train] == [0, 0, 0, 0]
-    assert all(p.from_oracle for p in learner.pairs) and len(learner.pairs) <= 12
+    assert all(p.labelled_by == ORACLE for p in learner.pairs) and len(learner.pairs) <= 12
     assert loop.explorer.reward_model.pairs_seen == len(learner.pairs)
     assert [r["learner_steps"] for r in train] == [1, 2, 3, 4]
 

@@ -66,8 +66,11 @@ def assert_same_run(out: Path, baseline: Path) -> None:
     for key in ("queries", "rounds", "pairs_trained", "win_rate", "oracle_score", "oracle_paid_queries",
                 "oracle_paid_eval_queries"):
         assert got[key] == want[key], key
-    a, b = load_file(out / "final" / "model.safetensors"), load_file(baseline / "final" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    weights = sorted(f.name for f in (baseline / "final").glob("*.safetensors"))  # a model, or a LoRA adapter
+    assert weights and weights == sorted(f.name for f in (out / "final").glob("*.safetensors"))
+    for name in weights:
+        a, b = load_file(out / "final" / name), load_file(baseline / "final" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log_lines = (out / "oracle_log-rank0.jsonl").read_text().splitlines()
     assert len(log_lines) == want["oracle_paid_queries"] + want["oracle_paid_eval_queries"]  # none lost or paid twice
     assert want["oracle_paid_queries"] == want["queries"]  # training queries alone: evaluations are counted apart
@@ -87,9 +90,9 @@ def baseline(tiny_model_dir, tmp_path_factory):
     return out
 
 
-def cli(model: Path, out: Path) -> list[str]:
+def cli(model: Path, out: Path, **extra) -> list[str]:
     argv = [sys.executable, "-m", "fastalign.train"]
-    for key, value in options(model, out).items():
+    for key, value in options(model, out, **extra).items():
         argv += [f"--{key}", str(value)]
     return argv
 
@@ -138,6 +141,35 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted(baseline, tiny
     for seed, (out, kill_after, delay, _) in procs.items():
         run_in_process(tiny_model_dir, out, resume="auto")
         assert_same_run(out, baseline)
+
+
+LORA = dict(lora_r=4, lora_alpha=8, lora_target_modules="q_proj,v_proj,down_proj", learning_rate=2e-2)
+
+
+@pytest.mark.timeout(900)
+def test_lora_run_killed_with_sigkill_resumes_bit_equal(tiny_model_dir, tmp_path, rewards_importable):
+    """A LoRA run: its checkpoints hold the adapter and its optimizer state only (the base is the starting
+    model); killed with SIGKILL at a seeded point and resumed, it equals the uninterrupted run bit for bit."""
+    baseline = tmp_path / "baseline"
+    run_in_process(tiny_model_dir, baseline, **LORA)
+    base = json.loads((baseline / "summary.json").read_text())
+    model_bytes = (tiny_model_dir / "model.safetensors").stat().st_size
+    learner = next((baseline / "checkpoints").glob("checkpoint-*")) / "learner"
+    assert sum(f.stat().st_size for f in learner.rglob("*") if f.is_file()) < model_bytes / 20
+    assert (baseline / "final" / "adapter_config.json").is_file()
+    out, rng = tmp_path / "killed", random.Random(44)
+    kill_after = rng.randrange(2, base["oracle_paid_queries"] + base["oracle_paid_eval_queries"] - 8)
+    proc = subprocess.Popen(cli(tiny_model_dir, out, **LORA), env=cli_env(), cwd=TESTS, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while log_lines(out / "oracle_log-rank0.jsonl") < kill_after and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before its kill point: {proc.stderr.read()[-2000:]}"
+    time.sleep(rng.uniform(0.0, 0.8))
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    run_in_process(tiny_model_dir, out, resume="auto", **LORA)
+    assert_same_run(out, baseline)
 
 
 def test_corrupted_last_checkpoint_falls_back_to_the_previous_one(baseline, tiny_model_dir, tmp_path,

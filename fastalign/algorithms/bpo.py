@@ -30,6 +30,9 @@ class BPO(Algorithm):
             raise ConfigError("--algorithm bpo with --updates_per_round 1 trains at h ≡ 0 (π_ref is the policy "
                               "that sampled the batch, so its only update starts from it): use ≥ 2 updates per "
                               f"batch (default {cls.default_updates})")
+        if cfg.lora_r > 0 and cfg.lora_dropout > 0:
+            raise ConfigError("--algorithm bpo takes log π_β from the first update's own training forward, which LoRA "
+                              "dropout would perturb (h ≠ 0 from noise alone): use --lora_dropout 0 with bpo")
         if cfg.erm_features == "policy":
             raise ConfigError("--algorithm bpo keeps no frozen reference model, whose hidden states "
                               "--erm_features policy reads: use --erm_features minilm")

@@ -37,8 +37,16 @@ class GenerationEngine(ABC):
         """One deterministic (argmax) response per prompt, e.g. for evaluation."""
 
     @abstractmethod
-    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Swap in new weights (HF parameter names, any dtype) in place: no restart, no disk."""
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> None:
+        """Swap in new weights (HF parameter names, any dtype) in place: no restart, no disk.
+
+        Every parameter is required unless `partial`: then only the given tensors change (e.g. the
+        modules a LoRA adapter touches), and they must be a set `names_to_update` returns."""
+
+    def names_to_update(self, names: Iterable[str]) -> frozenset[str]:
+        """The tensors a partial update of `names` must carry: the engine may hold several HF tensors in
+        one layer (vLLM's fused qkv_proj) and reloads a layer whole. Here: exactly `names`."""
+        return frozenset(names)
 
     @abstractmethod
     def close(self) -> None:

@@ -91,8 +91,9 @@ class HFEngine(GenerationEngine):
         return Completion(token_ids=kept, text=text, logprobs=logprobs[:len(kept)], finish_reason=reason)
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Check every name and shape first, so a bad update never leaves a half-swapped model."""
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> None:
+        """Check every name and shape first, so a bad update never leaves a half-swapped model; every
+        parameter is required unless `partial`."""
         params = dict(self.model.named_parameters())
         tied = getattr(self.model.config, "tie_word_embeddings", False)
         given = [(name, t) for name, t in weights if not (tied and name == "lm_head.weight" and name not in params)]
@@ -104,8 +105,9 @@ class HFEngine(GenerationEngine):
                 raise ValueError(f"update_weights: {name} has shape {tuple(tensor.shape)}, "
                                  f"the engine's model has {tuple(params[name].shape)}")
         missing = sorted(set(params) - {name for name, _ in given})
-        if missing:
-            raise ValueError(f"update_weights needs every parameter; missing: {', '.join(missing[:5])}")
+        if missing and not partial:
+            raise ValueError(f"update_weights needs every parameter (or partial=True); missing: "
+                             f"{', '.join(missing[:5])}")
         with torch.no_grad():
             for name, tensor in given:
                 params[name].copy_(tensor.detach())

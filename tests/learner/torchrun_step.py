@@ -1,8 +1,9 @@
-"""Run by test_torchrun.py under `torchrun --nproc_per_node=2`, in one of two modes:
+"""Run by test_torchrun.py under `torchrun --nproc_per_node=2`, in one of three modes:
 - "nan": one ZeRO step, each rank on its own pairs, after a step that both ranks must skip because rank 1
   alone has a NaN gradient;
 - "uneven": rank 0 learns from 3 pairs in 3 micro-batches, rank 1 from none (every response was identical):
-  rank 1 must still take part in every collective of the step.
+  rank 1 must still take part in every collective of the step;
+- "lora": one ZeRO step of a LoRA policy (LORA options), each rank on its own pairs; writes the adapter.
 
 Writes the updated parameters of each rank to OUT/rank{r}.pt for the test to compare.
 """
@@ -24,10 +25,23 @@ def pairs_for(rank: int, n: int = 2) -> list[PreferencePair]:
 
 
 UNEVEN = dict(dtype="fp32", learning_rate=1e-2, batch_size=3, micro_batch_size=1)
+LORA = dict(dtype="fp32", learning_rate=1e-2, batch_size=2, micro_batch_size=1, lora_r=4, lora_alpha=8,
+            lora_target_modules="q_proj,v_proj,up_proj")
+
+
+def adapter_state(learner: PolicyLearner) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in learner.policy.named_parameters() if p.requires_grad}
 
 
 def main(model_dir: str, out: str, zero_stage: int, mode: str) -> None:
     rank, world = init_distributed()
+    if mode == "lora":
+        learner = PolicyLearner(RunConfig(model=model_dir, zero_stage=zero_stage, **LORA), Path(model_dir), pad_id=0,
+                                world_size=world)
+        learner.learn(pairs_for(rank))
+        learner.learn(pairs_for(rank + 2))  # a second step: Adam's moments of the first one matter
+        torch.save(adapter_state(learner), Path(out) / f"rank{rank}.pt")
+        return
     if mode == "uneven":
         cfg = RunConfig(model=model_dir, zero_stage=zero_stage, **UNEVEN)
         learner = PolicyLearner(cfg, Path(model_dir), pad_id=0, world_size=world)
