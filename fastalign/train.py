@@ -220,7 +220,7 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
         f"  output   {cfg.output_dir} ({where})"])
 
 
-OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory (with LoRA: its peft adapter)"),
+OUTPUTS = (("final/", "the aligned policy, a Hugging Face model directory"),
            ("final_merged/", "the base model with the LoRA adapter merged in (--save_merged)"),
            ("win_rate.png", "win rate against oracle queries"),
            ("metrics.jsonl", "every round and evaluation (also tensorboard/)"),
@@ -252,7 +252,10 @@ def end_report(cfg: RunConfig, summary: dict) -> str:
                 f"  trained    {summary['pairs_trained']} pairs in {summary['rounds']} rounds "
                 f"({summary['tied_pairs']} tied pairs skipped)",
                 f"  wall time  {summary['wall_time_s']:.0f} s"]
-    files = [f"  {name:21s} {what}" for name, what in OUTPUTS if (out / name.rstrip("/")).exists()]
+    outputs = dict(OUTPUTS)
+    if cfg.lora_r:
+        outputs["final/"] = "the aligned policy's LoRA adapter, a peft adapter directory (with the tokenizer)"
+    files = [f"  {name:21s} {what}" for name, what in outputs.items() if (out / name.rstrip("/")).exists()]
     return "\n".join(head + [f"outputs in {out}/:"] + files)
 
 
