@@ -208,11 +208,12 @@ def start_report(cfg: RunConfig, model_dir: Path, reasons: dict[str, str], engin
     ranks = f", {world} ranks" if world > 1 else ""
     where = f"continuing from {checkpoint}" if checkpoint is not None else "a fresh run"
     model = cfg.model if str(model_dir) == cfg.model else f"{cfg.model} ({model_dir})"
+    learner = (f"LoRA rank {cfg.lora_r} ({cfg.lora_target_modules}, alpha {cfg.lora_alpha:g})" if cfg.lora_r
+               else "full fine-tuning")
     return "\n".join([
         f"fastalign: {cfg.algorithm} with the {cfg.loss} loss (beta {cfg.beta}), {cfg.rounds} rounds of "
         f"{cfg.batch_size} prompts{ranks}",
-        f"  learner  {f'LoRA rank {cfg.lora_r} ({cfg.lora_target_modules}, alpha {cfg.lora_alpha:g})' if cfg.lora_r else 'full fine-tuning'}"
-        f", learning rate {cfg.resolved_learning_rate():g}",
+        f"  learner  {learner}, learning rate {cfg.resolved_learning_rate():g}",
         f"  model    {model}",
         f"  dtype    learner {cfg.dtype} ({reasons['dtype']}); {engine} engine in {cfg.engine_dtype}"
         + ("" if reasons["engine_dtype"] == reasons["dtype"] else f" ({reasons['engine_dtype']})"),

@@ -3,9 +3,9 @@
 Reference log-probs are computed once per pair with the frozen reference model and stored on the pair,
 so replaying a pair never pays for them again (the behaviour policy's, for BPO, from the first update's
 own forward). With LoRA (`--lora_r`, fastalign/learner/lora.py) the reference is the policy itself with
-its adapter switched off, and only the adapter trains. Each collected batch gets the algorithm's number of optimiser steps. A step's loss is the
-mean over every rank's pairs (each rank's sum, scaled so DeepSpeed's average over ranks gives that
-mean), so the gradient does not depend on the micro-batching or on how pairs fall across ranks; ranks
+its adapter switched off, and only the adapter trains. Each collected batch gets the algorithm's number
+of optimiser steps. A step's loss is the mean over every rank's pairs (each rank's sum, scaled so
+DeepSpeed's average over ranks gives that mean), so the gradient does not depend on the micro-batching or on how pairs fall across ranks; ranks
 with fewer micro-batches (or none: every response identical) run zero-weight ones to stay in step.
 """
 from __future__ import annotations
