@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from fastalign.config import DEFAULT_MODEL, RunConfig
 from fastalign.data import load_prompts
+from fastalign.machine import cpu_model
 from fastalign.models import resolve_model_dir
 from fastalign.oracle import HttpJudgeOracle, JudgeOracle
 from fastalign.oracle.service import JsonService
@@ -49,13 +49,6 @@ def timed(oracle, prompts, a, b) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     prob = oracle.compare(prompts, a, b, count=False).prob_a
     return prob, time.perf_counter() - start
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def run(args: argparse.Namespace) -> dict:

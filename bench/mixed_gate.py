@@ -42,17 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from fastalign.explore.explorer import EpistemicExplorer, confident_pairs, identity_ids, pair_view  # noqa: E402
 from fastalign.explore.reward_model import EpistemicRewardModel  # noqa: E402
+from fastalign.machine import cpu_model  # noqa: E402
 from fastalign.types import Completion, Prompt  # noqa: E402
-
-
-def _cpu_model() -> str:
-    """The CPU description the sample-efficiency bench records (its sibling script, loaded by path)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_sample_efficiency", Path(__file__).with_name("sample_efficiency.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.cpu_model()
 
 AGREEMENT = (0.0, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 Z_SCORE = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # mean margin over its std across heads
@@ -102,7 +93,7 @@ def sample(args) -> list[dict]:
     rows = [{"prompt": p.instruction, "answers": [c.text for c in group]} for p, group in zip(prompts, out)]
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1) + "\n")
-    (args.runs_dir / "samples_meta.json").write_text(json.dumps({"dtype": resolve_dtype("auto"), "cpu": _cpu_model()}))
+    (args.runs_dir / "samples_meta.json").write_text(json.dumps({"dtype": resolve_dtype("auto"), "cpu": cpu_model()}))
     return rows
 
 
@@ -191,7 +182,9 @@ def main(argv=None) -> int:
     phi = minilm([p for p, _ in pairs], [a for _, a in pairs])
     features = Lookup(dict(zip(pairs, phi)), minilm.dim)
     oracles = {"vader": VaderOracle, "rubric": lambda: RubricOracle(embedder=minilm)}
-    result = {"setup": {"command": " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]), "cpu": _cpu_model(),
+    argv = sys.argv[1:] if argv is None else list(argv)
+    result = {"setup": {"command": " ".join(shlex.quote(x) for x in [sys.executable, __file__, *argv]),
+                        "cpu": cpu_model(),
                         "prompts": len(rows), "samples": args.samples, "seeds": list(range(args.seeds)),
                         "batch_size": args.batch_size, "burn_in": args.burn_in, "window": args.window,
                         "heads": args.heads, "max_new_tokens": args.max_new_tokens,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from fastalign.algorithms import algorithm_class  # noqa: E402
 from fastalign.config import RunConfig  # noqa: E402
 from fastalign.explore.selection import THOMPSON_RULES  # noqa: E402
+from fastalign.machine import cpu_model  # noqa: E402
 from fastalign.metrics import read_metrics  # noqa: E402
 
 DEFAULT_OUT = REPO / "bench" / "results" / "sample_efficiency"
@@ -395,26 +395,6 @@ def ratio_cell(r: dict | None) -> str:
     return f"{show(r['ratio'])} [{show(r['ci95'][0])}, {show(r['ci95'][1])}]"
 
 
-def cpu_model() -> str:
-    """`lscpu`'s Model name (else /proc/cpuinfo's model name, else platform), and its SIMD flags that
-    matter for speed and dtype (avx2, avx512f, avx512_bf16, amx)."""
-    name, flags = "", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not name:
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        name = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                     if line.startswith("Model name:")), name)
-    except (OSError, subprocess.SubprocessError):
-        pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name or platform.processor() or platform.machine()} ({', '.join(simd) or 'no avx2'})"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     methods = args.methods.split(",")
@@ -433,8 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     first = configs[methods[0]][0]
     saved = [json.loads((Path(c.output_dir) / "config.json").read_text()) for m in methods for c in done[m]]
-    result["setup"] = {"command": " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
-                       "argv": sys.argv[1:], "seeds": {m: [c.seed for c in done[m]] for m in methods},
+    argv = sys.argv[1:] if argv is None else list(argv)  # the sweep's own options, also when called as a function
+    result["setup"] = {"command": " ".join(shlex.quote(x) for x in [sys.executable, __file__, *argv]),
+                       "argv": argv, "seeds": {m: [c.seed for c in done[m]] for m in methods},
                        "queries": args.queries, "batch_size": args.batch_size, "sea_samples": args.sea_samples,
                        "equal_updates": args.equal_updates, "model": first.model, "oracle": first.oracle,
                        "preference": first.preference, "loss": first.loss,

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from fastalign.explore.selection import STRATEGIES, select_pairs
+from fastalign.machine import cpu_model
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "selection.json"
 
@@ -76,16 +77,6 @@ def check_parity(rewards: np.ndarray, ids: np.ndarray, strategy: str, seed: int)
     for field in ("pairs", "heads", "scores"):
         if not np.array_equal(getattr(cpp, field), getattr(ref, field), equal_nan=True):
             raise SystemExit(f"C++ and numpy disagree on {field} for {strategy}: the extension is stale or broken")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def run(args: argparse.Namespace) -> dict:
