@@ -11,7 +11,9 @@ and the headline — the queries each method needs to reach passive online DPO's
 ratio to passive's own with a paired-by-seed bootstrap 95% interval (seeds resampled with replacement,
 the same draw for both methods). The same against `passive-equal-updates`, a passive control that
 makes `--equal_updates` policy updates per round (as many pair-updates per query as mixed preference
-learning's extra pairs give it; needs the learner's `updates_per_round`). Per method also the worst
+learning's extra pairs give it; needs the learner's `updates_per_round`). Which control a method is
+compared with at equal updates is measured: the one whose pair-updates per query are nearest its own
+(a gate that stays shut leaves plain passive the match). Per method also the worst
 seed's final and the seeds that end below the reference policy (< 50%). The JSON records the CPU model,
 dtype, seeds, oracle and the exact command. Finished runs are reused when their config matches (a long
 sweep can be stopped and restarted); pass `--fresh` to rerun them.
@@ -303,6 +305,24 @@ def headline(grid: np.ndarray, per_seed: dict[str, dict[int, np.ndarray]], contr
     return out
 
 
+def equal_updates(result: dict) -> dict:
+    """Per method, the control that trains most nearly as much per query (pair-updates per query, nearest
+    in ratio) and that control's headline ratio: the comparison at equal policy updates. Mixed preference
+    adds pairs only where its gate opens, so which control matches is measured, not assumed."""
+    controls = [c for c in result.get("headlines", {}) if "training" in result["methods"].get(c, {})]
+    out = {}
+    for m, v in result["methods"].items():
+        if m in CONTROLS or "training" not in v or not controls:
+            continue
+        per_query = {c: result["methods"][c]["training"]["pair_updates_per_query"] for c in controls}
+        own = v["training"]["pair_updates_per_query"]
+        ratios = {c: own / q if q > 0 else float("inf") for c, q in per_query.items()}
+        control = min(ratios, key=lambda c: abs(np.log(ratios[c])) if 0 < ratios[c] < np.inf else np.inf)
+        out[m] = {"control": control, "training_ratio": ratios[control],
+                  "ratio": result["headlines"][control]["ratio"].get(m)}
+    return out
+
+
 def reach_ratio(grid: np.ndarray, method: np.ndarray, control: np.ndarray) -> float:
     """[seeds, grid] curves → queries the method's mean curve needs to reach the control's mean final, over
     the queries the control's own mean curve needs; inf if the method never gets there, NaN if the control
@@ -369,6 +389,9 @@ def table(result: dict, seeds: dict[str, int]) -> str:
     with_training = all("training" in v for v in result["methods"].values())
     if with_training:
         head += ["rounds / updates", "pairs trained", "pair-updates per query"]
+    matched = result.get("equal_updates", {})
+    if matched:
+        head += ["equal-updates control (training ×)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda q: "—" if q is None else f"{q:.0f}"  # noqa: E731
     for m, v in result["methods"].items():
@@ -382,6 +405,10 @@ def table(result: dict, seeds: dict[str, int]) -> str:
             t = v["training"]
             cells += [f"{t['rounds']:.0f} / {t['updates']:.0f}", f"{t['pairs_trained']:.0f}",
                       f"{t['pair_updates_per_query']:.2f}"]
+        if matched:
+            e = matched.get(m)
+            cells.append("—" if e is None else
+                         f"{e['control']} ({e['training_ratio']:.2f}×): {ratio_cell(e['ratio'])}")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"(budget {grid[-1]:.0f} queries; '—' = not reached within it; ratio = queries to the control's "
                  "final / the control's own, paired bootstrap over seeds, ∞ = not reached)")
@@ -411,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:  # means over the finished seeds
         runs = [training_done(c) for c in done[m]]
         result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+    result["equal_updates"] = equal_updates(result)
     first = configs[methods[0]][0]
     saved = [json.loads((Path(c.output_dir) / "config.json").read_text()) for m in methods for c in done[m]]
     argv = sys.argv[1:] if argv is None else list(argv)  # the sweep's own options, also when called as a function

@@ -89,6 +89,26 @@ def test_summary_reports_the_worst_seed_and_a_headline_per_control():
     assert "ratio to passive [95% CI]" in text and "40.0 (seed 1)" in text
 
 
+def test_equal_updates_picks_the_control_that_trains_most_nearly_as_much():
+    args = se.parse_args(["--queries", "32", "--batch_size", "8", "--eval_every", "2"])
+    curves = {"passive": {s: (GRID, v) for s, v in CONTROL.items()},
+              "passive-equal-updates": {s: (GRID, v + 0.05 * (GRID > 0)) for s, v in CONTROL.items()},
+              "gated": {s: (GRID, v) for s, v in METHOD.items()}, "ungated": {s: (GRID, v) for s, v in METHOD.items()}}
+    result = se.summarise(args, list(curves), curves)
+    per_query = {"passive": 0.9, "passive-equal-updates": 1.9, "gated": 1.0, "ungated": 1.6}
+    for m, q in per_query.items():
+        result["methods"][m]["training"] = {"rounds": 4.0, "updates": 4.0, "pairs_trained": 30.0,
+                                            "pair_updates_per_query": q}
+    matched = se.equal_updates(result)
+    assert set(matched) == {"gated", "ungated"}  # the controls are not matched against each other
+    # |log(1.0/0.9)| = 0.105 < |log(1.0/1.9)| = 0.642; |log(1.6/0.9)| = 0.575 > |log(1.6/1.9)| = 0.172
+    assert (matched["gated"]["control"], matched["ungated"]["control"]) == ("passive", "passive-equal-updates")
+    assert matched["gated"]["training_ratio"] == pytest.approx(1.0 / 0.9)
+    assert matched["ungated"]["ratio"] == result["headlines"]["passive-equal-updates"]["ratio"]["ungated"]
+    result["equal_updates"] = matched
+    assert "passive-equal-updates (0.84×)" in se.table(result, {m: 2 for m in curves})
+
+
 def finished_run(tmp_path, saved: dict) -> None:
     (tmp_path / "summary.json").write_text("{}")
     (tmp_path / "config.json").write_text(json.dumps(saved))
