@@ -309,14 +309,14 @@ def equal_updates(result: dict) -> dict:
     """Per method, the control that trains most nearly as much per query (pair-updates per query, nearest
     in ratio) and that control's headline ratio: the comparison at equal policy updates. Mixed preference
     adds pairs only where its gate opens, so which control matches is measured, not assumed."""
-    controls = [c for c in result.get("headlines", {}) if "training" in result["methods"].get(c, {})]
+    per_query = {c: result["methods"][c]["training"]["pair_updates_per_query"]
+                 for c in result.get("headlines", {}) if "training" in result["methods"].get(c, {})}
     out = {}
     for m, v in result["methods"].items():
-        if m in CONTROLS or "training" not in v or not controls:
+        if m in CONTROLS or "training" not in v or not per_query:
             continue
-        per_query = {c: result["methods"][c]["training"]["pair_updates_per_query"] for c in controls}
         own = v["training"]["pair_updates_per_query"]
-        ratios = {c: own / q if q > 0 else float("inf") for c, q in per_query.items()}
+        ratios = {c: own / q if q > 0 else np.inf for c, q in per_query.items()}
         control = min(ratios, key=lambda c: abs(np.log(ratios[c])) if 0 < ratios[c] < np.inf else np.inf)
         out[m] = {"control": control, "training_ratio": ratios[control],
                   "ratio": result["headlines"][control]["ratio"].get(m)}
