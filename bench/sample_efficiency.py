@@ -14,7 +14,9 @@ makes `--equal_updates` policy updates per round (as many pair-updates per query
 learning's extra pairs give it; needs the learner's `updates_per_round`). Which control a method is
 compared with at equal updates is measured: the one whose pair-updates per query are nearest its own
 (a gate that stays shut leaves plain passive the match). Per method also the worst
-seed's final and the seeds that end below the reference policy (< 50%). The JSON records the CPU model,
+seed's final and the seeds that end below the reference policy (< 50%), and how the final policy answers
+(`answer_style`: shares of effusive openings, "Here's …" preambles and repeated phrases — a win rate
+bought with an oracle's quirks shows there). The JSON records the CPU model,
 dtype, seeds, oracle and the exact command. Finished runs are reused when their config matches (a long
 sweep can be stopped and restarted); pass `--fresh` to rerun them.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -82,6 +85,12 @@ BOOTSTRAP_SEED = 20_240_615
 NOT_SHAPING = {"dtype", "engine_dtype", "threads", "output_dir", "progress", "tensorboard", "save_final",
                "checkpoint_every", "keep_checkpoints", "resume", "max_nonfinite_steps", "oracle_retries",
                "oracle_timeout", "oracle_backoff"}
+# How a policy wins, next to how much: the drifts the sweeps' runs showed (docs/benchmarks.md). On the
+# final evaluation's greedy answers: an effusive opening (VADER's exploit), a "Here's …" preamble (the
+# rubric's low seeds), a word 4-gram said twice (lower-cased, whitespace-separated words).
+EFFUSIVE_OPENING = re.compile(r"^\W*(i'm (so )?(thrilled|glad|delighted|excited)|welcome)", re.IGNORECASE)
+PREAMBLE = re.compile(r"^\W*here(’s|'s| is)\b", re.IGNORECASE)
+REPEAT_NGRAM = 4
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -233,6 +242,40 @@ def training_done(cfg: RunConfig) -> dict[str, float]:
     per_round = steps / rounds if rounds else 0.0
     return {"rounds": rounds, "updates": steps, "pairs_trained": pairs,
             "pair_updates_per_query": pairs * per_round / max(float(summary["queries"]), 1.0)}
+
+
+def answer_style(texts: list[str]) -> dict[str, float]:
+    """Shares of the answers that open effusively, open with a "Here's …" preamble, or repeat a word 4-gram."""
+    def repeats(text: str) -> bool:
+        w = text.lower().split()
+        grams = [tuple(w[i:i + REPEAT_NGRAM]) for i in range(len(w) - REPEAT_NGRAM + 1)]
+        return len(grams) != len(set(grams))
+
+    n = max(len(texts), 1)
+    return {"effusive_opening": sum(bool(EFFUSIVE_OPENING.match(t.replace("’", "'"))) for t in texts) / n,
+            "preamble": sum(bool(PREAMBLE.match(t)) for t in texts) / n,
+            "repeated_4gram": sum(map(repeats, texts)) / n}
+
+
+def final_answers(cfg: RunConfig) -> list[dict] | None:
+    """The last evaluation's rows (prompt, reference, policy) of a finished run; None if it wrote none."""
+    path = Path(cfg.output_dir) / "eval_responses.jsonl"
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def style_over_seeds(runs: list[RunConfig]) -> dict | None:
+    """answer_style of each run's final policy, and the mean over the runs (equal-sized evaluations, so the
+    pooled share); None if a run has no answers saved."""
+    per_seed = {}
+    for c in runs:
+        rows = final_answers(c)
+        if rows is None:
+            return None
+        per_seed[str(c.seed)] = answer_style([r["policy"] for r in rows])
+    keys = next(iter(per_seed.values()))
+    return {"mean": {k: float(np.mean([v[k] for v in per_seed.values()])) for k in keys}, "per_seed": per_seed}
 
 
 def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -389,6 +432,9 @@ def table(result: dict, seeds: dict[str, int]) -> str:
     with_training = all("training" in v for v in result["methods"].values())
     if with_training:
         head += ["rounds / updates", "pairs trained", "pair-updates per query"]
+    with_style = all(v.get("style") for v in result["methods"].values())
+    if with_style:
+        head += ["answers: effusive / preamble / repeat %"]
     matched = result.get("equal_updates", {})
     if matched:
         head += ["equal-updates control (training ×)"]
@@ -405,14 +451,22 @@ def table(result: dict, seeds: dict[str, int]) -> str:
             t = v["training"]
             cells += [f"{t['rounds']:.0f} / {t['updates']:.0f}", f"{t['pairs_trained']:.0f}",
                       f"{t['pair_updates_per_query']:.2f}"]
+        if with_style:
+            cells.append(style_cell(v["style"]["mean"]))
         if matched:
             e = matched.get(m)
             cells.append("—" if e is None else
                          f"{e['control']} ({e['training_ratio']:.2f}×): {ratio_cell(e['ratio'])}")
         lines.append("| " + " | ".join(cells) + " |")
+    if with_style and result.get("reference_style"):
+        lines.append(f"(reference policy's answers: {style_cell(result['reference_style'])} %)")
     lines.append(f"(budget {grid[-1]:.0f} queries; '—' = not reached within it; ratio = queries to the control's "
                  "final / the control's own, paired bootstrap over seeds, ∞ = not reached)")
     return "\n".join(lines)
+
+
+def style_cell(style: dict[str, float]) -> str:
+    return " / ".join(f"{100 * style[k]:.1f}" for k in ("effusive_opening", "preamble", "repeated_4gram"))
 
 
 def ratio_cell(r: dict | None) -> str:
@@ -438,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:  # means over the finished seeds
         runs = [training_done(c) for c in done[m]]
         result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+        result["methods"][m]["style"] = style_over_seeds(done[m])
+    reference = final_answers(done[methods[0]][0])  # the same reference answers in every run of a sweep
+    result["reference_style"] = answer_style([r["reference"] for r in reference]) if reference else None
     result["equal_updates"] = equal_updates(result)
     first = configs[methods[0]][0]
     saved = [json.loads((Path(c.output_dir) / "config.json").read_text()) for m in methods for c in done[m]]

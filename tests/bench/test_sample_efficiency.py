@@ -142,6 +142,20 @@ def test_equal_updates_control_is_refused_while_the_learner_ignores_updates_per_
                                      "pair_updates_per_query": pytest.approx(150 * 2 / 160)}
 
 
+def test_answer_style_counts_openings_preambles_and_repeated_phrases():
+    texts = ["I’m so thrilled to help! Welcome.",            # effusive (curly apostrophe)
+             "  \"Welcome to a wonderful place!",           # effusive after quotes
+             "Here's a possible message: hello there.",     # preamble
+             "Here is the plan. I am a teacher. I am a teacher.",  # preamble and a repeated 4-gram
+             "Hereford cattle graze. I'm glad to be here.",  # neither: not an opening, not "here is"
+             "The kettle is sleek, the kettle is sleek"]     # "the kettle is sleek," ≠ "sleek": no repeat
+    style = se.answer_style(texts)
+    assert style == {"effusive_opening": pytest.approx(2 / 6), "preamble": pytest.approx(2 / 6),
+                     "repeated_4gram": pytest.approx(1 / 6)}
+    assert se.answer_style(["the kettle is sleek the kettle is sleek"])["repeated_4gram"] == 1.0
+    assert se.style_cell(style) == "33.3 / 33.3 / 16.7"
+
+
 def test_variants_add_methods_with_their_own_options():
     args = se.parse_args(["--variant", "ee-ts-n8=ee-ts:samples_per_prompt=8,head_draws=prompt",
                           "--methods", "passive,ee-ts-n8"])
@@ -180,6 +194,10 @@ def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, m
     assert setup["seeds"] == {"passive": [0], "offline": [0]} and setup["oracle"] == "callable"
     assert setup["dtype"] in (["fp32"], ["bf16"]) and "sample_efficiency" in setup["command"] and setup["cpu"]
     assert result["methods"]["passive"]["worst_seed"] == 0 and "ratio" in result["headline"]
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "passive" / "seed0" / "eval_responses.jsonl").open()]
+    style = result["methods"]["passive"]["style"]
+    assert style["per_seed"]["0"] == se.answer_style([r["policy"] for r in rows]) == style["mean"]
+    assert result["reference_style"] == se.answer_style([r["reference"] for r in rows]) and len(rows) == 8
     log = (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime
     assert se.main(argv) == 0  # finished runs are reused, not rerun
     assert (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime == log
