@@ -278,6 +278,19 @@ def style_over_seeds(runs: list[RunConfig]) -> dict | None:
     return {"mean": {k: float(np.mean([v[k] for v in per_seed.values()])) for k in keys}, "per_seed": per_seed}
 
 
+def earlier_wall_times(path: Path, done: dict[str, list[RunConfig]]) -> dict[str, float]:
+    """Wall seconds an earlier summary at `path` recorded for runs that are still finished: a summary of
+    reused runs keeps their measured times instead of dropping them."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text()).get("setup", {}).get("run_wall_s", {})
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    runs = {c.output_dir for cfgs in done.values() for c in cfgs}
+    return {k: v for k, v in old.items() if k in runs}
+
+
 def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
     rows = read_metrics(Path(cfg.output_dir) / "metrics.jsonl", kind="eval")
     return np.array([r["queries"] for r in rows], float), np.array([r["win_rate"] for r in rows], float)
@@ -485,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         configs[m][s] for s in range(args.seeds) for m in methods if args.fresh or not finished(configs[m][s])]
     wall = run_all(todo, args.jobs)
     done = {m: [c for c in configs[m] if finished(c)] for m in methods}
+    wall = {**earlier_wall_times(args.out.with_suffix(".json"), done), **wall}
     methods = [m for m in methods if done[m]]
     if not methods:
         raise SystemExit("no finished runs to summarise")

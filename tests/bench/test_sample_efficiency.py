@@ -199,5 +199,9 @@ def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, m
     assert style["per_seed"]["0"] == se.answer_style([r["policy"] for r in rows]) == style["mean"]
     assert result["reference_style"] == se.answer_style([r["reference"] for r in rows]) and len(rows) == 8
     log = (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime
+    wall = setup["run_wall_s"]
+    assert set(wall) == {str(tmp_path / "runs" / m / "seed0") for m in ("passive", "offline")}
     assert se.main(argv) == 0  # finished runs are reused, not rerun
     assert (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime == log
+    # a summary of reused runs keeps the wall times the sweep measured when it ran them
+    assert json.loads((tmp_path / "se.json").read_text())["setup"]["run_wall_s"] == wall
