@@ -1,0 +1,124 @@
+"""bench/reward_features.py: pairs, both learners on features that do and do not carry the preference, and a
+tiny end-to-end run over fake sweep directories (a stand-in embedder, the real oracles)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("reward_features", REPO / "bench" / "reward_features.py")
+rf = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rf)
+
+
+def linear_task(n_prompts=24, per_prompt=6, dim=8, seed=0):
+    """Features whose first coordinate is the score, and groups of answers per prompt."""
+    g = torch.Generator().manual_seed(seed)
+    phi = torch.randn(n_prompts * per_prompt, dim, generator=g)
+    scores = phi[:, 0].double().numpy() * 2.0
+    groups = [np.arange(k * per_prompt, (k + 1) * per_prompt) for k in range(n_prompts)]
+    return phi, scores, groups
+
+
+def test_random_pairs_put_the_better_answer_first_and_stay_within_a_prompt():
+    scores = np.array([0.0, 1.0, 1.0, 5.0, 5.0, 5.0])  # the second prompt is all ties: never used
+    groups = [np.array([0, 1, 2]), np.array([3, 4, 5])]
+    pairs = rf.random_pairs(groups, scores, 50, np.random.default_rng(0))
+    assert pairs.shape == (50, 2)
+    assert all(scores[a] > scores[b] for a, b in pairs)
+    assert set(pairs.ravel()) <= {0, 1, 2}
+
+
+def test_both_learners_find_a_preference_the_features_carry_and_not_one_they_do_not():
+    phi, scores, groups = linear_task()
+    rng = np.random.default_rng(1)
+    train, test = rf.random_pairs(groups[:18], scores, 160, rng), rf.random_pairs(groups[18:], scores, 300, rng)
+    assert rf.fit_logistic(phi, train, test) > 0.9
+    accs = rf.fit_reward_model(phi, train, test, [16, 160], batch_size=8, seed=0)
+    assert set(accs) == {16, 160} and accs[160] > 0.85
+    blind = phi.clone()
+    blind[:, 0] = torch.randn(len(phi), generator=torch.Generator().manual_seed(7))  # the score's coordinate gone
+    assert rf.fit_logistic(blind, train, test) < 0.7
+    assert rf.fit_reward_model(blind, train, test, [160], batch_size=8, seed=0)[160] < 0.7
+
+
+class HashEmbedder:
+    """Deterministic unit vectors per text; the pair embedding mixes the two texts' vectors."""
+
+    dim = 16
+
+    def embed(self, texts):
+        out = []
+        for t in texts:
+            seed = int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)
+            v = torch.randn(self.dim, generator=torch.Generator().manual_seed(seed))
+            out.append(v / v.norm())
+        return torch.stack(out)
+
+    def __call__(self, prompts, responses):
+        mixed = self.embed(list(prompts)) + self.embed(list(responses))
+        return mixed / mixed.norm(dim=1, keepdim=True)
+
+
+ANSWERS = ("Sure. {t} is a topic with many sides, and here is one of them.",
+           "I'm thrilled to help!!! {t}!",
+           "{t} {t} {t} {t} {t} {t} {t} {t}",
+           "Fine",
+           "A short note on {t}, covering the main points a reader would want to know and why",
+           "What a wonderful question! I am so excited to talk about {t} with you today.")
+
+
+TOPICS = ("bread", "rivers", "chess", "tea", "maps", "owls", "jazz", "glass", "clocks", "kites", "salt", "bees",
+          "ships", "paper", "moss", "wool")
+
+
+def fake_sweep(root: Path) -> Path:
+    """Three finished runs and one still going (its answers end "Draft."), each answering every topic."""
+    sweep = root / "sweep"
+    for method, shift, finished in (("passive", 1, True), ("sea", 2, True), ("apl", 3, True), ("going", 4, False)):
+        run = sweep / method / "seed0"
+        run.mkdir(parents=True)
+        rows = [{"prompt": f"Write about {t}.", "reference": ANSWERS[k % 6].format(t=t),
+                 "policy": ANSWERS[(k + shift) % 6].format(t=t) + ("" if finished else " Draft.")}
+                for k, t in enumerate(TOPICS)]
+        (run / "eval_responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if finished:
+            (run / "summary.json").write_text("{}")
+    return sweep
+
+
+def test_final_answers_reads_finished_runs_only(tmp_path):
+    prompts, items, runs = rf.final_answers([fake_sweep(tmp_path)])
+    assert runs == ["sweep/apl/seed0", "sweep/passive/seed0", "sweep/sea/seed0"]
+    assert len(prompts) == 16 and len(items) == len(set(items)) == 16 * 4
+    assert not any(a.endswith("Draft.") for _, a in items)
+    assert all(p in prompts for p, _ in items)
+
+
+def test_main_writes_accuracies_per_oracle_feature_map_and_learner(tmp_path):
+    sweep = fake_sweep(tmp_path)
+    out, cache = tmp_path / "result", tmp_path / "cache" / "features.pt"
+    argv = ["--runs_dirs", str(sweep), "--splits", "2", "--train_pairs", "8,64", "--test_pairs", "100",
+            "--cache", str(cache), "--out", str(out)]
+    assert rf.main(argv, embedder=HashEmbedder()) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["setup"]["prompts"] == 16 and result["setup"]["splits"] == 2
+    assert set(result["oracles"]["vader"]) == {"minilm", "minilm+prompt*answer"}
+    assert set(result["oracles"]["rubric"]) == {"minilm", "minilm+prompt*answer", "criteria"}
+    for learners in result["oracles"]["rubric"].values():
+        assert set(learners) == {"reward_model", "logistic"}
+        assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for lr in learners.values() for v in lr.values())
+    assert np.mean(result["oracles"]["rubric"]["criteria"]["logistic"]["64"]) > 0.9  # the rubric is linear in them
+    assert cache.is_file()
+
+    class Refuse:
+        def embed(self, texts):
+            raise AssertionError("the encoder ran although the cache covers these answers")
+        __call__ = embed
+
+    assert rf.main(argv, embedder=Refuse()) == 0
