@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -47,6 +48,7 @@ from fastalign.explore.reward_model import EpistemicRewardModel  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
 RUNS = ("sample_efficiency_sea_vader", "sample_efficiency_sea_rubric", "sample_efficiency_algorithms")
+ORACLES = ("vader", "rubric")  # the packaged oracles, scored in this process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reward_features")
     args = ap.parse_args(argv)
     args.train_pairs = sorted(int(k) for k in args.train_pairs.split(","))
+    unknown = set(args.oracles.split(",")) - set(ORACLES)
+    if unknown:
+        ap.error(f"--oracles: unknown {', '.join(sorted(unknown))}; choose from {', '.join(ORACLES)}")
     if any(k % args.batch_size or k <= 0 for k in args.train_pairs):
         ap.error(f"--train_pairs {args.train_pairs}: each must be a positive multiple of --batch_size {args.batch_size}")
     return args
@@ -175,11 +180,11 @@ def feature_maps(features: dict[str, torch.Tensor], criteria: dict[str, np.ndarr
 
 
 def measure(scores: np.ndarray, maps: dict[str, torch.Tensor], groups_of: dict[str, np.ndarray], prompts: list[str],
-            args) -> dict:
+            args, label: str = "") -> dict:
     """Per feature map and learner: held-out accuracy per split at each number of training pairs."""
     out = {name: {"reward_model": {str(k): [] for k in args.train_pairs},
                   "logistic": {str(k): [] for k in args.train_pairs}} for name in maps}
-    for split in range(args.splits):
+    for split in tqdm(range(args.splits), desc=f"{label} splits", leave=False):
         rng = np.random.default_rng(split)
         order = rng.permutation(len(prompts))
         cut = len(prompts) * 3 // 4
@@ -222,7 +227,7 @@ def main(argv=None, embedder=None) -> int:
         ps, answers = [p for p, _ in items], [a for _, a in items]
         scores = np.asarray(oracle.score(ps, answers), dtype=np.float64)
         criteria = oracle.criteria(ps, answers) if hasattr(oracle, "criteria") else None
-        result["oracles"][name] = measure(scores, feature_maps(features, criteria), groups_of, prompts, args)
+        result["oracles"][name] = measure(scores, feature_maps(features, criteria), groups_of, prompts, args, name)
         print(f"\n{name}: held-out accuracy on random pairs, mean over {args.splits} splits, after "
               + " / ".join(map(str, args.train_pairs)) + " pairs")
         for feat, learners in result["oracles"][name].items():

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +24,12 @@ def linear_task(n_prompts=24, per_prompt=6, dim=8, seed=0):
     scores = phi[:, 0].double().numpy() * 2.0
     groups = [np.arange(k * per_prompt, (k + 1) * per_prompt) for k in range(n_prompts)]
     return phi, scores, groups
+
+
+def test_an_unknown_oracle_is_refused_before_anything_runs(capsys):
+    with pytest.raises(SystemExit):
+        rf.parse_args(["--oracles", "vader,sentiment"])
+    assert "unknown sentiment" in capsys.readouterr().err
 
 
 def test_random_pairs_put_the_better_answer_first_and_stay_within_a_prompt():
