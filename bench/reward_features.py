@@ -222,9 +222,9 @@ def main(argv=None, embedder=None) -> int:
                         "runs": runs, "prompts": len(prompts), "answers": len(items), "splits": args.splits,
                         "test_pairs": args.test_pairs, "batch_size": args.batch_size, "date": time.strftime("%Y-%m-%d")},
               "oracles": {}}
+    ps, answers = [p for p, _ in items], [a for _, a in items]
     for name in args.oracles.split(","):
         oracle = oracles[name]()
-        ps, answers = [p for p, _ in items], [a for _, a in items]
         scores = np.asarray(oracle.score(ps, answers), dtype=np.float64)
         criteria = oracle.criteria(ps, answers) if hasattr(oracle, "criteria") else None
         result["oracles"][name] = measure(scores, feature_maps(features, criteria), groups_of, prompts, args, name)
