@@ -6,11 +6,13 @@
 
 For a CUDA machine with torch, triton and transformers but no vLLM and no internet. It runs from the
 checkout itself (no install of fastalign; the C++ pair selection falls back to its numpy reference).
-1. kernels: each Triton kernel against its reference on CUDA, fp32 and bf16, values and gradients, at odd
-   shapes and at SmolLM2's and Llama-3-8B's heads: linear_logprobs (+ entropy), the learner's
-   sequence_loss (a per-pair and a batch-coupled loss), ensemble_mlp;
+1. kernels: each Triton kernel, and the chunked torch path of the LM-head ops, against its reference on
+   CUDA, fp32 and bf16, values and gradients, at odd shapes and at SmolLM2's and Llama-3-8B's heads:
+   linear_logprobs (+ entropy), the learner's sequence_loss (a per-pair and a batch-coupled loss),
+   ensemble_mlp;
 2. bench: bench/kernels.py's measurement at Llama-3-8B's head (H 4096, V 128256, T 512 and 1024,
-   8 pairs, bf16): naive, fastalign (the learner's function) and Liger when installed;
+   8 pairs, bf16): naive, fastalign (the learner's function, its default path), its chunked and Triton
+   paths forced, and Liger when installed;
 3. loop: three rounds of the tiny-model loop (transformers engine, DeepSpeed learner) on CUDA.
 --dry_run does the same on the CPU at tiny shapes, the Triton kernels in Triton's interpreter.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = {"fp32": 2e-4, "bf16": 8e-2}  # max |error| / max(1, |exact|) per output and gradient (the tests: 6e-2)
+IMPLS = ("triton", "torch")  # the fused LM-head ops' two paths under test: Triton kernels, chunked torch
 
 
 def use_checkout() -> None:
@@ -93,11 +96,12 @@ def kernel_checks(device: str, shapes: list[tuple[int, int, int]]) -> list[dict]
             targets = torch.randint(0, v, (n,), generator=g).to(device)
             targets[0] = -100
             leaves, exact = [hidden, weight, bias], as_fp32([hidden, weight, bias])
-            got = values_and_grads(lambda: ops.linear_logprobs(hidden, weight, targets, bias, 0.9, impl="triton",
-                                                               return_entropy=True), leaves)
             want = values_and_grads(lambda: linear_logprobs_reference(*exact[:2], targets, exact[2], 0.9), exact)
-            results.append(compare(f"linear_logprobs N={n} H={h} V={v}", dtype_name, got, want,
-                                   ["logp", "entropy", "grad_hidden", "grad_weight", "grad_bias"]))
+            for impl in IMPLS:
+                got = values_and_grads(lambda: ops.linear_logprobs(hidden, weight, targets, bias, 0.9, impl=impl,
+                                                                   return_entropy=True), leaves)
+                results.append(compare(f"linear_logprobs N={n} H={h} V={v} impl={impl}", dtype_name, got, want,
+                                       ["logp", "entropy", "grad_hidden", "grad_weight", "grad_bias"]))
             results += sequence_loss_checks(hidden, weight, bias, targets.clamp(min=0), dtype_name, n, h, v)
         results.append(ensemble_check(device, dtype, dtype_name))
     return results
@@ -119,9 +123,10 @@ def sequence_loss_checks(hidden, weight, bias, targets, dtype_name, n, h, v) -> 
     for name, loss_fn in losses.items():
         run = lambda impl, x: values_and_grads(  # noqa: E731
             lambda: ops.sequence_loss(x[0], x[1], targets, seq_index, seqs, loss_fn, bias=x[2], impl=impl)[0], x)
-        out.append(compare(f"sequence_loss[{name}] N={n} H={h} V={v}", dtype_name,
-                           run("triton", [hidden, weight, bias]), run("reference", as_fp32([hidden, weight, bias])),
-                           ["loss", "grad_hidden", "grad_weight", "grad_bias"]))
+        want = run("reference", as_fp32([hidden, weight, bias]))
+        for impl in IMPLS:
+            out.append(compare(f"sequence_loss[{name}] N={n} H={h} V={v} impl={impl}", dtype_name,
+                               run(impl, [hidden, weight, bias]), want, ["loss", "grad_hidden", "grad_weight", "grad_bias"]))
     return out
 
 
@@ -152,7 +157,7 @@ def bench(device: str, quick: bool) -> list[dict]:
     kernel_bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernel_bench)
     args = kernel_bench.parse_args(["--device", device, *(["--quick"] if quick else []), "--repeats", "2"])
-    methods = [m for m in kernel_bench.METHODS if m != "liger" or importlib.util.find_spec("liger_kernel")]
+    methods = [m for m in args.methods if m != "liger" or importlib.util.find_spec("liger_kernel")]
     rows = []
     for t in args.tokens:
         for p in args.pairs:
@@ -198,6 +203,13 @@ def stage(report: dict, name: str, fn, *args) -> None:
     print(f"gpu_check: {name} done in {report['stage_s'][name]} s", flush=True)
 
 
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out)
+
+
 def passed(section) -> bool:
     if isinstance(section, list):
         return all(r.get("passed", "error" not in r) for r in section)
@@ -209,7 +221,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dry_run", action="store_true", help="on the CPU: tiny shapes, Triton's interpreter")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_check.json")
     ap.add_argument("--skip", nargs="*", default=[], choices=("kernels", "bench", "loop"))
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if set(args.skip) == {"kernels", "bench", "loop"}:
+        ap.error("--skip names every stage: leave at least one of kernels, bench, loop to run")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,10 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                               ("loop", loop, (device,))):
         if name not in args.skip:
             stage(report, name, fn, *fn_args)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    report["passed"] = all(passed(report[name]) for name in ("kernels", "bench", "loop") if name in report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+            report["wall_s"] = round(time.perf_counter() - started, 1)
+            report["passed"] = all(passed(report[done]) for done in ("kernels", "bench", "loop") if done in report)
+            write_report(report, args.out)  # after each stage: a run stopped at its time limit keeps what finished
     print(f"gpu_check: {'passed' if report['passed'] else 'FAILED'} in {report['wall_s']} s; wrote {args.out}")
     return 0 if report["passed"] else 1
 

@@ -3,9 +3,11 @@
 Methods, all computing a DPO loss on B pairs (2B sequences of T response tokens) from the positions' final
 hidden states [2B·T, H] and an LM head [V, H], summed reference log-probs given:
 - naive: full logits [2B·T, V] → log_softmax → gather → sums → DPO;
-- fastalign: `fastalign.learner.logprobs.loss_from_hidden`, the very function the learner calls (the CPU
-  path on CPU: three LM-head matmuls and one chunk of logits at a time beyond the keep budget; the Triton
-  kernels on CUDA);
+- fastalign: `fastalign.learner.logprobs.loss_from_hidden`, the very function the learner calls, with
+  its default impl ("auto");
+- chunked, triton: the same function with each of its two paths forced (impl "torch": chunks of positions
+  through three LM-head products, one chunk of logits at a time beyond the keep budget, on any device;
+  impl "triton": the Triton kernels, CUDA only), so one run on a GPU measures both (the choice of "auto");
 - liger: liger_kernel.chunked_loss.LigerFusedLinearDPOLoss (chunk_size=1 pair, use_ref_model=False: it
   gets no reference model, so it does slightly less work than the others).
 Every (config, method) runs in a fresh subprocess: `--warmup` untimed runs, then `--repeats` timed runs;
@@ -38,7 +40,8 @@ sys.path.insert(0, str(REPO))
 from fastalign.learner.logprobs import ResponseHidden, loss_from_hidden  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
-METHODS = ("naive", "fastalign", "liger")
+METHODS = ("naive", "fastalign", "chunked", "triton", "liger")
+CPU_METHODS = ("naive", "fastalign", "liger")  # the default on the CPU ("fastalign" is "chunked" everywhere now)
 LEARNER_LOSS = loss_from_hidden  # the learner's own function (tests/test_bench_kernels.py checks identity)
 SHAPES = {"cpu": dict(hidden=576, vocab=49152, tokens=[256, 512], pairs=[4, 8], dtype="fp32"),
           "cuda": dict(hidden=4096, vocab=128256, tokens=[512, 1024], pairs=[8], dtype="bf16")}
@@ -96,13 +99,16 @@ def _make_step(method: str, p: int, t: int):
         loss.backward()
         return float(loss)
 
-    def fastalign(hidden, head, targets, ref_c, ref_r):
-        nonlocal seq_index
-        if seq_index is None:
-            seq_index = torch.arange(2 * p, device=hidden.device).repeat_interleave(t)
-        loss, _ = LEARNER_LOSS(ResponseHidden(hidden, targets, seq_index, 2 * p), head, dpo_of_sums(ref_c, ref_r))
-        loss.backward()
-        return float(loss)
+    def learner(impl):
+        def step(hidden, head, targets, ref_c, ref_r):
+            nonlocal seq_index
+            if seq_index is None:
+                seq_index = torch.arange(2 * p, device=hidden.device).repeat_interleave(t)
+            loss, _ = LEARNER_LOSS(ResponseHidden(hidden, targets, seq_index, 2 * p), head,
+                                   dpo_of_sums(ref_c, ref_r), impl=impl)
+            loss.backward()
+            return float(loss)
+        return step
 
     liger_loss = None
 
@@ -116,7 +122,9 @@ def _make_step(method: str, p: int, t: int):
         loss.backward()
         return float(loss)
 
-    return {"naive": naive, "fastalign": fastalign, "liger": liger}[method]
+    steps = {"naive": naive, "fastalign": learner("auto"), "chunked": learner("torch"), "triton": learner("triton"),
+             "liger": liger}
+    return steps[method]
 
 
 def worker(cfg: dict) -> dict:
@@ -182,7 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tokens", type=int, nargs="+", help="response tokens per sequence")
     ap.add_argument("--pairs", type=int, nargs="+")
     ap.add_argument("--dtype", choices=("fp32", "bf16"))
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="+", choices=METHODS,
+                    help=f"default: {' '.join(CPU_METHODS)} on the CPU, all on CUDA")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -191,6 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     shapes = dict(SHAPES[args.device])
+    if args.methods is None:
+        args.methods = list(CPU_METHODS if args.device == "cpu" else METHODS)
     if args.quick:
         shapes.update(hidden=64, vocab=2048, tokens=[32, 64], pairs=[2])
         args.repeats = 2

@@ -23,7 +23,7 @@ HEAD_DRAWS = ("batch", "prompt")  # SEA Thompson heads: one draw per round's bat
 MIXED_GATED_OUT = ("drop", "oracle")  # a model-label candidate the gate refuses: dropped, or asked as usual
 ERM_FEATURES = ("minilm", "policy")
 PREFERENCE_MODES = ("deterministic", "bt")
-LOGPROB_IMPLS = ("auto", "cpu", "triton", "naive")
+LOGPROB_IMPLS = ("auto", "torch", "triton", "naive")
 BAD_PROMPT_MODES = ("fail", "skip")
 LONG_PROMPT_MODES = ("truncate", "drop")
 DTYPES = ("auto", "fp32", "bf16")  # auto: bf16 where the hardware computes it natively
@@ -116,7 +116,7 @@ class RunConfig:
     micro_batch_size: int = 8  # pairs per forward/backward
     dtype: str = "auto"
     share_prompt: bool = True  # run a pair's prompt once; chosen and rejected continue from its KV cache
-    logprob_impl: str = "auto"  # LM head + loss: cpu / triton (fused) or naive; auto: Triton on CUDA, naive at ZeRO-3
+    logprob_impl: str = "auto"  # LM head + loss: torch (chunked) / triton or naive; auto: torch, naive at ZeRO-3
     zero_stage: int = 0
     deepspeed_config: str | None = None  # a DeepSpeed JSON; overrides the flags it sets
     # LoRA through peft (docs/lora.md): the reference is the base with the adapter off, sync sends merged tensors
@@ -194,8 +194,8 @@ class RunConfig:
             raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.logprob_impl == "triton" and not _triton_can_run():
             raise ConfigError("--logprob_impl triton runs fastalign's Triton kernels, which need a CUDA device "
-                              "(or Triton's interpreter, TRITON_INTERPRET=1, for tests): use auto or cpu here")
-        if self.logprob_impl in ("cpu", "triton") and self.zero_stage == 3:
+                              "(or Triton's interpreter, TRITON_INTERPRET=1, for tests): use auto or torch here")
+        if self.logprob_impl in ("torch", "triton") and self.zero_stage == 3:
             raise ConfigError(f"--logprob_impl {self.logprob_impl} needs the whole LM head; ZeRO-3 partitions it: "
                               "use --logprob_impl naive (or auto) with --zero_stage 3")
         if self.batch_size % self.micro_batch_size:
@@ -366,7 +366,7 @@ class RunConfig:
         return LORA_LEARNING_RATE if self.lora_r > 0 else FULL_LEARNING_RATE
 
     def resolved_logprob_impl(self) -> str:
-        """auto → naive under ZeRO-3, else the fused path dispatched by device (Triton on CUDA, CPU path)."""
+        """auto → naive under ZeRO-3, else the fused ops' own choice (the torch path; see fastalign.ops)."""
         if self.logprob_impl == "auto" and self.zero_stage == 3:
             return "naive"
         return self.logprob_impl

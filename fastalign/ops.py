@@ -1,7 +1,9 @@
-"""The fused ops' public API: validate inputs, then dispatch to Triton, the CPU path or the reference.
+"""The fused ops' public API: validate inputs, then dispatch to Triton, the torch path or the reference.
 
-impl: "auto" (Triton for CUDA tensors when Triton imports, the chunked CPU path otherwise), "triton",
-"cpu" (chunked torch; works on any device), "reference" (full logits: the definition, O(N·V) memory).
+impl: "auto" (the op's measured choice: the torch path for the LM-head ops on every device, the Triton
+kernel for the ensemble on CUDA), "triton" (CUDA, or Triton's interpreter), "torch" (plain torch: chunked
+products through the LM head, batched heads for the ensemble; any device), "reference" (the definition;
+full logits, O(N·V) memory).
 Bad inputs are rejected here, before any kernel runs, with what was wrong and how to fix it.
 Implementations live in `fastalign.kernels`; Triton modules are imported only when used, because
 importing Triton fixes its interpreter mode for the whole process.
@@ -14,15 +16,19 @@ from typing import Callable
 
 import torch
 
-from fastalign.kernels.ensemble_mlp import ensemble_mlp_cpu, ensemble_mlp_reference
-from fastalign.kernels.linear_logprobs import linear_logprobs_cpu, linear_logprobs_reference
+from fastalign.kernels.ensemble_mlp import ensemble_mlp_torch, ensemble_mlp_reference
+from fastalign.kernels.linear_logprobs import linear_logprobs_torch, linear_logprobs_reference
 from fastalign.kernels.sequence_loss import (
-    KEEP_ELEMENTS, LossOfSums, sequence_loss_composed, sequence_loss_cpu,
+    KEEP_ELEMENTS, LossOfSums, sequence_loss_composed, sequence_loss_torch,
 )
 
 __all__ = ["IMPLS", "linear_logprobs", "sequence_loss", "ensemble_mlp", "resolve_impl"]
 
-IMPLS = ("auto", "triton", "cpu", "reference")
+IMPLS = ("auto", "triton", "torch", "reference")
+# "auto" for CUDA tensors, per op. On one H200 (bench/results/gpu_check.json, Llama-3-8B's head, bf16, 8
+# pairs) the LM-head torch path took 0.066 / 0.134 s at T = 512 / 1024 and the Triton kernels 0.399 / 0.665 s
+# (they recompute the logits twice and accumulate in global memory): the torch path is the default there.
+CUDA_AUTO = {"lm_head": "torch", "ensemble": "triton"}
 FLOAT_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -31,14 +37,16 @@ def _triton_available() -> bool:
     return TRITON_ERROR is None
 
 
-def resolve_impl(impl: str, *tensors: torch.Tensor | None) -> str:
-    """The concrete implementation for `impl` and these tensors."""
+def resolve_impl(impl: str, *tensors: torch.Tensor | None, op: str = "lm_head") -> str:
+    """The concrete implementation for `impl`, op ("lm_head" or "ensemble") and these tensors."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if impl != "auto":
         return impl
     on_cuda = any(t is not None and t.is_cuda for t in tensors)
-    return "triton" if on_cuda and _triton_available() else "cpu"
+    if on_cuda and CUDA_AUTO[op] == "triton" and _triton_available():
+        return "triton"
+    return "torch"
 
 
 def _triton(module: str, name: str) -> Callable:
@@ -95,7 +103,7 @@ def _logprob_fn(impl: str) -> Callable:
         return linear_logprobs_reference
     if impl == "triton":
         return _triton("linear_logprobs_triton", "linear_logprobs_triton")
-    return linear_logprobs_cpu
+    return linear_logprobs_torch
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -128,7 +136,7 @@ def sequence_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     only those positions), seq_index [N] the sequence of each position in [0, n_seq). loss_of_sums maps
     the fp32 sums [n_seq] to a scalar (the pair loss and any algorithm terms) and may couple sequences;
     it must depend on the sums and constants only. Differentiable in hidden, weight and bias; never holds
-    [N × V] logits beyond `keep_elements` of them (the CPU path; see fastalign.kernels.sequence_loss).
+    [N × V] logits beyond `keep_elements` of them (the torch path; see fastalign.kernels.sequence_loss).
     """
     _check_head(hidden, weight, bias, temperature)
     if hidden.dim() != 2:
@@ -144,9 +152,9 @@ def sequence_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
         raise TypeError("loss_of_sums must be a function of the summed log-probs [n_seq] returning a scalar")
     _check_devices(hidden=hidden, weight=weight, bias=bias, targets=targets, seq_index=seq_index)
     which = resolve_impl(impl, hidden, weight)
-    if which == "cpu":
-        return sequence_loss_cpu(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature,
-                                 keep_elements=keep_elements)
+    if which == "torch":
+        return sequence_loss_torch(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature,
+                                   keep_elements=keep_elements)
     return sequence_loss_composed(_logprob_fn(which), hidden, weight, bias, targets, seq_index, n_seq,
                                   loss_of_sums, temperature)
 
@@ -171,9 +179,9 @@ def ensemble_mlp(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2:
             raise ValueError(f"{name} must be {list(want[name])} for E={e} heads, d={d} features, h={h} hidden "
                              f"units, got {list(t.shape)}")
     _check_devices(features=features, **params)
-    which = resolve_impl(impl, features, w1)
+    which = resolve_impl(impl, features, w1, op="ensemble")
     if which == "reference":
         return ensemble_mlp_reference(features, w1, b1, w2, b2, w3, b3)
     if which == "triton":
         return _triton("ensemble_mlp_triton", "ensemble_mlp_triton")(features, w1, b1, w2, b2, w3, b3)
-    return ensemble_mlp_cpu(features, w1, b1, w2, b2, w3, b3)
+    return ensemble_mlp_torch(features, w1, b1, w2, b2, w3, b3)

@@ -1,9 +1,9 @@
-"""Optional, cached torch.compile of the CPU paths' elementwise pieces.
+"""Optional, cached torch.compile of the torch paths' elementwise pieces.
 
 Compiling the chunk-wise log-sum-exp / softmax-gradient fuses several passes over a [tokens × vocab]
 chunk into one (measured ≈5× faster than eager on this CPU). Compilation is lazy, happens once per
 function, and any failure (no compiler, unsupported platform) falls back to eager with a warning, so
-the CPU path never depends on a working toolchain. FASTALIGN_COMPILE=0 turns it off.
+the torch path never depends on a working toolchain. FASTALIGN_COMPILE=0 turns it off.
 """
 from __future__ import annotations
 

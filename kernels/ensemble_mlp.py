@@ -2,7 +2,7 @@
 
 features [M, d]; W1 [E, d, h], b1 [E, h], W2 [E, h, h], b2 [E, h], W3 [E, h], b3 [E] → rewards [E, M].
 The SEA epistemic reward model evaluates and trains all heads at once; a Python loop over heads
-(`ensemble_mlp_reference`, the definition) launches 3·E small matmuls, the CPU path `EnsembleMLPCPU`
+(`ensemble_mlp_reference`, the definition) launches 3·E small matmuls, the torch path `EnsembleMLPTorch`
 does the whole ensemble with three batched matmuls forward and a hand-written batched backward
 (saving only the two ReLU activations). All arithmetic is fp32; gradients come back in input dtypes.
 """
@@ -26,7 +26,7 @@ def ensemble_mlp_reference(features: torch.Tensor, w1: torch.Tensor, b1: torch.T
     return torch.stack(out)
 
 
-class EnsembleMLPCPU(torch.autograd.Function):
+class EnsembleMLPTorch(torch.autograd.Function):
     """All heads in batched matmuls; the backward is written out so only z1, z2 [E, M, h] are saved."""
 
     @staticmethod
@@ -53,7 +53,7 @@ class EnsembleMLPCPU(torch.autograd.Function):
         return tuple(gr.to(dt) for gr, dt in zip(grads, ctx.dtypes))
 
 
-def ensemble_mlp_cpu(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+def ensemble_mlp_torch(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
                      b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor) -> torch.Tensor:
-    """CPU path: rewards [E, M] in fp32."""
-    return EnsembleMLPCPU.apply(features, w1, b1, w2, b2, w3, b3)
+    """torch path: rewards [E, M] in fp32."""
+    return EnsembleMLPTorch.apply(features, w1, b1, w2, b2, w3, b3)

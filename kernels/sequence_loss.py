@@ -8,7 +8,7 @@ this module depends on nothing above it. The loss may couple the sequences in an
 batch, SAIL draws labels); it must depend on `sums` and on constants only, and it is called exactly once.
 
 Implementations (`impl`):
-- "cpu" (`SequenceLossCPU`): chunks of positions stream through the LM head; the forward computes the
+- "torch" (`SequenceLossTorch`): chunks of positions stream through the LM head; the forward computes the
   loss and every gradient: sums from each chunk's logits (exp'd in place), g = ∂loss/∂sums by autograd on
   the small loss function, then dZ = g·(onehot − softmax)/T per chunk, grad_hidden = dZ·W and
   grad_W += dZᵀ·h. A chunk's exp-logits are kept from the first pass while the total stays within
@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from .linear_logprobs import (
-    as_fp32, chunk_logits, chunk_rows, dlogits_from_exp_, exp_stats_, linear_logprobs_reference,
+    as_fp32, chunk_logits, chunk_rows, dlogits_from_exp_, exp_stats_, head_operand, linear_logprobs_reference, mm32,
 )
 
 LossOfSums = Callable[[torch.Tensor], torch.Tensor]
@@ -46,20 +46,20 @@ def loss_and_grad(loss_of_sums: LossOfSums, sums: torch.Tensor) -> tuple[torch.T
     return loss.detach(), torch.zeros_like(sums) if g is None else g
 
 
-class SequenceLossCPU(torch.autograd.Function):
+class SequenceLossTorch(torch.autograd.Function):
     """Loss and all gradients in the forward (see the module docstring); backward scales them."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, seq_index, n_seq: int, loss_of_sums: LossOfSums,
                 temperature: float, chunk: int, keep_elements: int):
-        w32, b32, inv_t = as_fp32(weight), as_fp32(bias), 1.0 / temperature
-        h = hidden.detach()
+        w, b32, inv_t = head_operand(weight), as_fp32(bias), 1.0 / temperature
+        h = head_operand(hidden)
         seq_index = seq_index.to(hidden.device)
         sums = torch.zeros(n_seq, dtype=torch.float32, device=hidden.device)
         kept, budget = [], keep_elements
         starts = range(0, h.shape[0], chunk)
         for start in starts:
-            z = chunk_logits(h[start:start + chunk], w32, b32, inv_t)
+            z = chunk_logits(h[start:start + chunk], w, b32, inv_t)
             lp, s = exp_stats_(z, targets[start:start + chunk])
             sums.index_add_(0, seq_index[start:start + chunk], lp)
             budget -= z.numel()
@@ -72,17 +72,18 @@ class SequenceLossCPU(torch.autograd.Function):
                   if need[2] and bias is not None else None)
         if any(need):
             for start, (e, s) in zip(starts, kept):
-                hc, tgt = h[start:start + chunk].float(), targets[start:start + chunk]
+                hc, tgt = h[start:start + chunk], targets[start:start + chunk]
                 if e is None:  # beyond the keep budget: recompute this chunk's logits
-                    e = chunk_logits(hc, w32, b32, inv_t)
+                    e = chunk_logits(hc, w, b32, inv_t)
                     exp_stats_(e, tgt)
                 d = dlogits_from_exp_(e, s, tgt, g_seq[seq_index[start:start + chunk]], inv_t)
-                if grad_h is not None:
-                    grad_h[start:start + chunk] = d @ w32
-                if grad_w is not None:
-                    grad_w.addmm_(d.T, hc)
                 if grad_b is not None:
                     grad_b += d.sum(0)
+                d = d.to(w.dtype)  # once for both products (a no-op in fp32)
+                if grad_h is not None:
+                    grad_h[start:start + chunk] = mm32(d, w)
+                if grad_w is not None:
+                    mm32(d.T, hc, acc=grad_w)
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(sums)
@@ -95,13 +96,13 @@ class SequenceLossCPU(torch.autograd.Function):
         return (*out, None, None, None, None, None, None, None)
 
 
-def sequence_loss_cpu(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+def sequence_loss_torch(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                       seq_index: torch.Tensor, n_seq: int, loss_of_sums: LossOfSums, temperature: float = 1.0,
                       chunk: int | None = None,
                       keep_elements: int = KEEP_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """CPU path: (loss, sums detached); differentiable in hidden, weight and bias."""
-    rows = chunk or chunk_rows(weight.shape[0])
-    return SequenceLossCPU.apply(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature, rows,
+    """torch path: (loss, sums detached); differentiable in hidden, weight and bias."""
+    rows = chunk or chunk_rows(weight.shape[0], device=hidden.device)
+    return SequenceLossTorch.apply(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature, rows,
                                  keep_elements)
 
 

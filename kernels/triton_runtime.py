@@ -33,7 +33,7 @@ def require_triton() -> None:
     """Raise a clear error when the Triton path is asked for but Triton cannot be imported."""
     if TRITON_ERROR is not None:
         raise RuntimeError(f"impl='triton' needs the triton package, which failed to import ({TRITON_ERROR}); "
-                           "install fastalign[triton] or use impl='cpu'")
+                           "install fastalign[triton] or use impl='torch'")
 
 
 def jit(fn: Callable) -> Callable:
@@ -51,7 +51,7 @@ def check_device(*tensors: torch.Tensor | None) -> None:
             continue
         if want == "cuda":
             raise ValueError(f"impl='triton' got {t.device} tensors: compiled Triton kernels need CUDA tensors; "
-                             "for CPU tensors use impl='cpu', or set TRITON_INTERPRET=1 before triton is first "
+                             "for CPU tensors use impl='torch', or set TRITON_INTERPRET=1 before triton is first "
                              "imported to run the kernels in Triton's interpreter")
         raise ValueError(f"Triton runs in interpreter mode (TRITON_INTERPRET=1), which takes CPU tensors, "
                          f"got one on {t.device}; unset TRITON_INTERPRET or move the inputs to the CPU")

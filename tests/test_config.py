@@ -46,7 +46,7 @@ def test_json_round_trip(tmp_path):
     (["--prompts", "/no/such.jsonl"], "prompts not found"),
     (["--max_queries", "4", "--batch_size", "8"], "below one round's batch_size"),
     (["--top_p", "1.5"], "top_p must be in (0, 1]"),
-    (["--logprob_impl", "cpu", "--zero_stage", "3"], "ZeRO-3 partitions it"),
+    (["--logprob_impl", "torch", "--zero_stage", "3"], "ZeRO-3 partitions it"),
     (["--logprob_impl", "gpu"], "unknown logprob_impl 'gpu'"),
     (["--logprob_impl", "triton"], "need a CUDA device"),
     (["--on_bad_prompt", "ignore"], "unknown on_bad_prompt 'ignore'"),

@@ -17,7 +17,7 @@ from .. import ops
 from ..kernels.sequence_loss import LossOfSums, sums_of_positions
 
 IGNORE_INDEX = -100
-IMPLS = ("auto", "cpu", "triton", "naive")  # auto: Triton for CUDA tensors, the CPU path otherwise; naive: full logits
+IMPLS = ("auto", "torch", "triton", "naive")  # auto: fastalign.ops' measured choice (torch); naive: full logits
 
 
 @dataclass
@@ -155,7 +155,7 @@ def loss_from_hidden(h: ResponseHidden, head: torch.nn.Module, loss_of_sums: Los
                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The learner's one path from response hidden states to its loss: (loss, sums detached).
 
-    impl "cpu"/"triton": `fastalign.ops.sequence_loss` (the CPU path computes every gradient in its forward
+    impl "torch"/"triton": `fastalign.ops.sequence_loss` (the torch path computes every gradient in its forward
     with three LM-head matmuls; Triton's kernels recompute); "naive": full logits through the head module
     (the reference, and the only path under ZeRO-3, which partitions the head).
     """

@@ -1,10 +1,10 @@
-"""Batched ensemble MLP: CPU path (and Triton in the interpreter) vs the per-head reference loop."""
+"""Batched ensemble MLP: torch path (and Triton in the interpreter) vs the per-head reference loop."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fastalign.kernels.ensemble_mlp import ensemble_mlp_cpu, ensemble_mlp_reference
+from fastalign.kernels.ensemble_mlp import ensemble_mlp_torch, ensemble_mlp_reference
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.bfloat16: dict(atol=6e-2, rtol=3e-2)}
 
@@ -37,20 +37,20 @@ def check(fn, e, m, d, h, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cpu_matches_reference(dtype):
-    check(ensemble_mlp_cpu, 4, 13, 24, 16, dtype)
+    check(ensemble_mlp_torch, 4, 13, 24, 16, dtype)
 
 
 def test_cpu_single_row_single_head():
-    check(ensemble_mlp_cpu, 1, 1, 5, 3, torch.float32)
+    check(ensemble_mlp_torch, 1, 1, 5, 3, torch.float32)
 
 
 def test_heads_are_independent():
     """Changing head 0's parameters changes only row 0 of the rewards."""
     x, *params = make_ensemble(3, 7, 6, 4)
-    before = ensemble_mlp_cpu(x, *params).detach()
+    before = ensemble_mlp_torch(x, *params).detach()
     with torch.no_grad():
         params[0][0] += 1.0
-    after = ensemble_mlp_cpu(x, *params).detach()
+    after = ensemble_mlp_torch(x, *params).detach()
     assert not torch.allclose(before[0], after[0]) and torch.equal(before[1:], after[1:])
 
 

@@ -1,4 +1,4 @@
-"""The learner's hidden-states-to-loss path (fastalign.kernels.sequence_loss): the CPU path and the Triton
+"""The learner's hidden-states-to-loss path (fastalign.kernels.sequence_loss): the torch path and the Triton
 composition against the definition (full logits, log_softmax, gather, sums, the loss), in value and in the
 gradients of hidden, weight and bias, for losses of every kind (per pair, batch-coupled, stateful)."""
 from __future__ import annotations
@@ -73,13 +73,13 @@ def compare(fn, name: str = "dpo", temperature: float = 0.9, atol=1e-5, rtol=1e-
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_cpu_path_equals_the_definition_for_every_loss(name):
-    compare(sl.sequence_loss_cpu, name)
+    compare(sl.sequence_loss_torch, name)
 
 
 @pytest.mark.parametrize("keep", [0, 37 * 4, sl.KEEP_ELEMENTS])
 def test_recomputed_partly_kept_and_kept_logits_agree(keep):
     """keep 0: every chunk recomputed (four matmuls); 4 rows' worth: partly; default: all kept (three)."""
-    compare(lambda *a: sl.sequence_loss_cpu(*a[:7], temperature=a[7], chunk=3, keep_elements=keep), "ipo")
+    compare(lambda *a: sl.sequence_loss_torch(*a[:7], temperature=a[7], chunk=3, keep_elements=keep), "ipo")
 
 
 def test_chunks_that_split_a_sequence_and_an_upstream_gradient():
@@ -87,7 +87,7 @@ def test_chunks_that_split_a_sequence_and_an_upstream_gradient():
     loss_fn = pair_loss_of_sums("simpo", lengths, ref_c, ref_r)
     want, _ = definition(hidden, weight, bias, targets, seq_index, 6, loss_fn)
     want_g = grads_of(3 * want, (hidden, weight))
-    got, _ = sl.sequence_loss_cpu(hidden, weight, bias, targets, seq_index, 6, loss_fn, chunk=2)
+    got, _ = sl.sequence_loss_torch(hidden, weight, bias, targets, seq_index, 6, loss_fn, chunk=2)
     for a, b in zip(grads_of(3 * got, (hidden, weight)), want_g):  # backward multiplies by grad_output
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -97,7 +97,7 @@ def test_bf16_inputs_are_close_to_fp32_and_keep_their_dtype():
     loss_fn = pair_loss_of_sums("dpo", lengths, ref_c, ref_r)
     want, _ = definition(hidden, weight, bias, targets, seq_index, 6, loss_fn)
     want_g = grads_of(want, (hidden, weight))
-    got, _ = sl.sequence_loss_cpu(hidden, weight, bias, targets, seq_index, 6, loss_fn)
+    got, _ = sl.sequence_loss_torch(hidden, weight, bias, targets, seq_index, 6, loss_fn)
     got_g = grads_of(got, (hidden, weight))
     assert got.dtype == torch.float32 and got_g[0].dtype == torch.bfloat16
     torch.testing.assert_close(got, want.detach(), atol=1e-3, rtol=1e-3)
@@ -110,7 +110,7 @@ def test_no_grad_forward_returns_the_loss():
     loss_fn = pair_loss_of_sums("slic", lengths, ref_c, ref_r)
     want, _ = definition(hidden, weight, bias, targets, seq_index, 6, loss_fn)
     with torch.no_grad():
-        got, _ = sl.sequence_loss_cpu(hidden, weight, bias, targets, seq_index, 6, loss_fn)
+        got, _ = sl.sequence_loss_torch(hidden, weight, bias, targets, seq_index, 6, loss_fn)
     torch.testing.assert_close(got, want.detach())
 
 

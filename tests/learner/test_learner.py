@@ -39,14 +39,14 @@ def test_fused_and_naive_paths_agree_in_value_and_gradient(tiny_model_dir):
     model = load_causal_lm(tiny_model_dir)
     batch = build_batch([[5, 6, 7], [8, 9], [3]], [[10, 11], [12, 13, 14, 15], [16]], pad_id=0)
     results = {}
-    for impl in ("naive", "cpu"):
+    for impl in ("naive", "torch"):
         model.zero_grad()
         logps = sequence_logps(model, batch, impl=impl)
         (logps * torch.tensor([1.0, -2.0, 0.5])).sum().backward()
         results[impl] = (logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    torch.testing.assert_close(results["cpu"][0], results["naive"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["torch"][0], results["naive"][0], rtol=1e-5, atol=1e-5)
     for name, grad in results["naive"][1].items():
-        torch.testing.assert_close(results["cpu"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(results["torch"][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_build_batch_masks_only_the_response():

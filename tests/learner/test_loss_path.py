@@ -1,5 +1,5 @@
 """One path from hidden states to the loss: the learner and bench/kernels.py call the same function, the
-kernels sit below the learner, and a learner step through the Triton kernels equals the CPU path."""
+kernels sit below the learner, and a learner step through the Triton kernels equals the torch path."""
 import importlib.util
 import subprocess
 import sys
@@ -38,6 +38,18 @@ def test_the_learner_and_the_kernel_bench_call_the_same_function(tiny_model_dir,
     assert calls == ["auto"]
 
 
+def test_the_kernel_bench_forces_each_path_of_the_learners_function():
+    spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "bench" / "kernels.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = dict(tokens=8, pairs=2, hidden=16, vocab=64, threads=1, repeats=1, warmup=0, device="cpu", dtype="fp32")
+    losses = {m: bench.worker(dict(cfg, method=m))["loss"] for m in ("naive", "fastalign", "chunked")}
+    assert losses["fastalign"] == losses["chunked"]  # "auto" is the torch path
+    assert losses["chunked"] == pytest.approx(losses["naive"], rel=1e-5)
+    assert bench.parse_args(["--quick"]).methods == list(bench.CPU_METHODS)
+    assert bench.parse_args(["--device", "cuda", "--quick"]).methods == list(bench.METHODS)
+
+
 def test_the_kernels_import_nothing_above_them():
     code = ("import sys, fastalign.kernels, fastalign.kernels.sequence_loss, fastalign.kernels.linear_logprobs, "
             "fastalign.kernels.ensemble_mlp; print(sorted(m for m in sys.modules if m.startswith('fastalign') "
@@ -66,7 +78,7 @@ def test_a_learner_step_through_triton_equals_the_cpu_path(small_vocab_model, al
     """Loss, metrics and every parameter's gradient of one micro-batch, Triton kernels (interpreted) vs CPU."""
     init_distributed()
     results = {}
-    for impl in ("cpu", "triton"):
+    for impl in ("torch", "triton"):
         cfg = RunConfig(model=str(small_vocab_model), dtype="fp32", batch_size=3, micro_batch_size=3,
                         algorithm=algorithm, loss=loss, logprob_impl=impl,
                         sail_share=1.0 if algorithm == "sail-pr" else None).validate()
@@ -76,9 +88,9 @@ def test_a_learner_step_through_triton_equals_the_cpu_path(small_vocab_model, al
         value, metrics = learner._micro_loss(batch)
         grads = torch.autograd.grad(value, [p for p in learner.policy.parameters()])
         results[impl] = (value.detach(), metrics, grads)
-    torch.testing.assert_close(results["triton"][0], results["cpu"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], rtol=1e-5, atol=1e-5)
     # (rewards/accuracy counts margins > 0, and the policy starts as the reference: margins are ±rounding)
     drop = lambda m: {k: v for k, v in m.items() if k != "rewards/accuracy"}  # noqa: E731
-    assert drop(results["triton"][1]) == pytest.approx(drop(results["cpu"][1]), rel=1e-4, abs=1e-5)
-    for got, want in zip(results["triton"][2], results["cpu"][2]):
+    assert drop(results["triton"][1]) == pytest.approx(drop(results["torch"][1]), rel=1e-4, abs=1e-5)
+    for got, want in zip(results["triton"][2], results["torch"][2]):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -21,7 +21,7 @@ def random_pairs(n: int, seed: int = 0) -> tuple[list[list[int]], list[list[int]
     return prompts, chosen, rejected
 
 
-@pytest.mark.parametrize("impl", ["cpu", "naive"])
+@pytest.mark.parametrize("impl", ["torch", "naive"])
 def test_shared_prompt_logps_equal_plain_in_value_and_gradient(tiny_model_dir, impl):
     model = load_causal_lm(tiny_model_dir)
     prompts, chosen, rejected = random_pairs(4)
