@@ -54,6 +54,6 @@ class EnsembleMLPTorch(torch.autograd.Function):
 
 
 def ensemble_mlp_torch(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                     b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor) -> torch.Tensor:
-    """torch path: rewards [E, M] in fp32."""
+                       b2: torch.Tensor, w3: torch.Tensor, b3: torch.Tensor) -> torch.Tensor:
+    """The torch path: rewards [E, M] in fp32."""
     return EnsembleMLPTorch.apply(features, w1, b1, w2, b2, w3, b3)

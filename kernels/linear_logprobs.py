@@ -8,7 +8,7 @@ with `ignore_index` → log-prob [N], 0 at ignored rows, optional entropy [N], 0
 - the Triton kernels in `linear_logprobs_triton`.
 Logits are (h·Wᵀ + b) / temperature. Inputs may be fp32 or bf16; logits, softmax statistics and outputs
 are fp32 (sums of bf16 log-probs would lose the margins the losses need); gradients come back in the
-inputs' dtypes. The chunked path's products on CUDA take bf16 operands as they are, with fp32
+inputs' dtypes. The torch path's products on CUDA take bf16 operands as they are, with fp32
 accumulation and output (the Triton kernels' precision: the logits gradient is rounded to bf16 before
 its two products); on the CPU every operand is fp32. Entropy is −Σ p log p of the same tempered
 distribution.
@@ -32,7 +32,7 @@ def chunk_rows(vocab: int, chunk_elements: int | None = None, device: torch.devi
 
 
 def head_operand(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A weight or hidden state as the chunked path's products take it: 16-bit stays 16-bit on CUDA
+    """A weight or hidden state as the torch path's products take it: 16-bit stays 16-bit on CUDA
     (tensor cores, fp32 accumulation); anything else becomes fp32 (no copy when already fp32)."""
     if t is None:
         return None
@@ -186,8 +186,8 @@ class LinearLogprobsTorch(torch.autograd.Function):
 
 
 def linear_logprobs_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                        bias: torch.Tensor | None = None, temperature: float = 1.0, ignore_index: int = -100,
-                        with_entropy: bool = False, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch path: (log-prob [N], entropy [N] or empty) with a memory bound of one chunk of logits."""
+                          bias: torch.Tensor | None = None, temperature: float = 1.0, ignore_index: int = -100,
+                          with_entropy: bool = False, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch path: (log-prob [N], entropy [N] or empty) with a memory bound of one chunk of logits."""
     rows = chunk or chunk_rows(weight.shape[0], device=hidden.device)
     return LinearLogprobsTorch.apply(hidden, weight, bias, targets, temperature, ignore_index, with_entropy, rows)

@@ -96,14 +96,14 @@ class SequenceLossTorch(torch.autograd.Function):
         return (*out, None, None, None, None, None, None, None)
 
 
-def sequence_loss_torch(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                      seq_index: torch.Tensor, n_seq: int, loss_of_sums: LossOfSums, temperature: float = 1.0,
-                      chunk: int | None = None,
-                      keep_elements: int = KEEP_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch path: (loss, sums detached); differentiable in hidden, weight and bias."""
+def sequence_loss_torch(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        targets: torch.Tensor, seq_index: torch.Tensor, n_seq: int, loss_of_sums: LossOfSums,
+                        temperature: float = 1.0, chunk: int | None = None,
+                        keep_elements: int = KEEP_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch path: (loss, sums detached); differentiable in hidden, weight and bias."""
     rows = chunk or chunk_rows(weight.shape[0], device=hidden.device)
     return SequenceLossTorch.apply(hidden, weight, bias, targets, seq_index, n_seq, loss_of_sums, temperature, rows,
-                                 keep_elements)
+                                   keep_elements)
 
 
 def sequence_loss_composed(logprob_fn: Callable, hidden: torch.Tensor, weight: torch.Tensor,
