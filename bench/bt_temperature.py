@@ -8,8 +8,8 @@ answers at sampling temperature 1) with each oracle and reports, for a grid of T
 the drawn label with the oracle's ranking, E[σ(|r_a − r_b| / T)] over all same-prompt pairs with unequal
 scores, and the T that gives `--target` (bisection: the agreement falls as T grows).
 
-What it does not show: the agreement on a trained policy's answers, whose scores spread differently
-(VADER's effusive openings widen the gaps, so a fixed T labels them more surely later in a run).
+What it does not show: the agreement on a trained policy's answers, whose scores spread differently, so
+the agreement at a fixed T drifts during a run.
 Written: OUT.json.
 
     python bench/bt_temperature.py --target 0.75

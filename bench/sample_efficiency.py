@@ -529,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     seeds = sorted({len(done[m]) for m in methods})
     seeds_text = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
-    plot(result, args.out.with_suffix(".png"), f"{first.loss} · {first.oracle} oracle · {seeds_text}")
+    labels = "" if first.preference == "deterministic" else f" · BT labels (T {first.bt_temperature:g})"
+    plot(result, args.out.with_suffix(".png"), f"{first.loss} · {first.oracle} oracle{labels} · {seeds_text}")
     print(table(result, {m: len(done[m]) for m in methods}))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
     return 0
