@@ -11,8 +11,8 @@ checkout itself (no install of fastalign; the C++ pair selection falls back to i
    linear_logprobs (+ entropy), the learner's sequence_loss (a per-pair and a batch-coupled loss),
    ensemble_mlp;
 2. bench: bench/kernels.py's measurement at Llama-3-8B's head (H 4096, V 128256, T 512 and 1024,
-   8 pairs, bf16): naive, fastalign (the learner's function, its default path), its chunked and Triton
-   paths forced, and Liger when installed;
+   8 pairs, bf16): naive, fastalign (the learner's function, its default torch path), the same with its
+   Triton kernels forced, and Liger when installed;
 3. loop: three rounds of the tiny-model loop (transformers engine, DeepSpeed learner) on CUDA.
 --dry_run does the same on the CPU at tiny shapes, the Triton kernels in Triton's interpreter.
 """

@@ -4,10 +4,10 @@ Methods, all computing a DPO loss on B pairs (2B sequences of T response tokens)
 hidden states [2B·T, H] and an LM head [V, H], summed reference log-probs given:
 - naive: full logits [2B·T, V] → log_softmax → gather → sums → DPO;
 - fastalign: `fastalign.learner.logprobs.loss_from_hidden`, the very function the learner calls, with
-  its default impl ("auto");
-- chunked, triton: the same function with each of its two paths forced (impl "torch": chunks of positions
-  through three LM-head products, one chunk of logits at a time beyond the keep budget, on any device;
-  impl "triton": the Triton kernels, CUDA only), so one run on a GPU measures both (the choice of "auto");
+  its default impl ("auto": the torch path on every device, chunks of positions through three LM-head
+  products and one chunk of logits at a time beyond the keep budget);
+- triton: the same function with its Triton kernels forced (CUDA only), the path "auto" does not take
+  (docs/benchmarks.md has the H200 measurement that decided it);
 - liger: liger_kernel.chunked_loss.LigerFusedLinearDPOLoss (chunk_size=1 pair, use_ref_model=False: it
   gets no reference model, so it does slightly less work than the others).
 Every (config, method) runs in a fresh subprocess: `--warmup` untimed runs, then `--repeats` timed runs;
@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 from fastalign.learner.logprobs import ResponseHidden, loss_from_hidden  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
-METHODS = ("naive", "fastalign", "chunked", "triton", "liger")
-CPU_METHODS = ("naive", "fastalign", "liger")  # the default on the CPU ("fastalign" is "chunked" everywhere now)
+METHODS = ("naive", "fastalign", "triton", "liger")
+CPU_METHODS = ("naive", "fastalign", "liger")  # the default on the CPU, where Triton runs only in its interpreter
 LEARNER_LOSS = loss_from_hidden  # the learner's own function (tests/test_bench_kernels.py checks identity)
 SHAPES = {"cpu": dict(hidden=576, vocab=49152, tokens=[256, 512], pairs=[4, 8], dtype="fp32"),
           "cuda": dict(hidden=4096, vocab=128256, tokens=[512, 1024], pairs=[8], dtype="bf16")}
@@ -122,8 +122,7 @@ def _make_step(method: str, p: int, t: int):
         loss.backward()
         return float(loss)
 
-    steps = {"naive": naive, "fastalign": learner("auto"), "chunked": learner("torch"), "triton": learner("triton"),
-             "liger": liger}
+    steps = {"naive": naive, "fastalign": learner("auto"), "triton": learner("triton"), "liger": liger}
     return steps[method]
 
 

@@ -38,14 +38,13 @@ def test_the_learner_and_the_kernel_bench_call_the_same_function(tiny_model_dir,
     assert calls == ["auto"]
 
 
-def test_the_kernel_bench_forces_each_path_of_the_learners_function():
+def test_the_kernel_bench_runs_the_learners_function_and_on_cuda_also_its_triton_path():
     spec = importlib.util.spec_from_file_location("bench_kernels", REPO / "bench" / "kernels.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cfg = dict(tokens=8, pairs=2, hidden=16, vocab=64, threads=1, repeats=1, warmup=0, device="cpu", dtype="fp32")
-    losses = {m: bench.worker(dict(cfg, method=m))["loss"] for m in ("naive", "fastalign", "chunked")}
-    assert losses["fastalign"] == losses["chunked"]  # "auto" is the torch path
-    assert losses["chunked"] == pytest.approx(losses["naive"], rel=1e-5)
+    losses = {m: bench.worker(dict(cfg, method=m))["loss"] for m in ("naive", "fastalign")}
+    assert losses["fastalign"] == pytest.approx(losses["naive"], rel=1e-5)
     assert bench.parse_args(["--quick"]).methods == list(bench.CPU_METHODS)
     assert bench.parse_args(["--device", "cuda", "--quick"]).methods == list(bench.METHODS)
 
