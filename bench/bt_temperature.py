@@ -46,10 +46,14 @@ def agreement(gaps: np.ndarray, temperature: float) -> float:
     return float(np.mean(1.0 / (1.0 + np.exp(-gaps / temperature))))
 
 
-def temperature_for(gaps: np.ndarray, target: float, iters: int = 60) -> float:
-    """T with agreement(gaps, T) = target, by bisection in log T (agreement falls from 1 to ½ as T grows)."""
+def check_target(target: float) -> None:
     if not 0.5 < target < 1.0:
         raise ValueError(f"--target must be an agreement in (0.5, 1), got {target}")
+
+
+def temperature_for(gaps: np.ndarray, target: float, iters: int = 60) -> float:
+    """T with agreement(gaps, T) = target, by bisection in log T (agreement falls from 1 to ½ as T grows)."""
+    check_target(target)
     lo, hi = 1e-6, 1e6
     for _ in range(iters):
         mid = (lo * hi) ** 0.5
@@ -79,8 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not 0.5 < args.target < 1.0:
-        raise SystemExit(f"--target must be an agreement in (0.5, 1), got {args.target}")
+    try:
+        check_target(args.target)  # before the minutes of sampling
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     from mixed_gate import rows_dtype, sample
 
     from fastalign.oracle import RubricOracle, VaderOracle
