@@ -32,6 +32,14 @@ def test_band_is_a_student_t_interval():
     assert se.band(values[:1])[1].tolist() == [0.0, 0.0]
 
 
+def test_t_quantile_past_the_table_follows_the_t_distribution():
+    # published 97.5% quantiles (any t table): df 9, 14, 40, 120; the normal's 1.960 in the limit
+    assert se.t_975(9) == 2.262 and se.t_975(14) == 2.145
+    assert se.t_975(40) == pytest.approx(2.021, abs=1e-3) and se.t_975(120) == pytest.approx(1.980, abs=1e-3)
+    assert se.t_975(10 ** 6) == pytest.approx(1.960, abs=1e-3)
+    assert se.band(np.array([[0.0], [1.0]] * 10))[1][0] == pytest.approx(2.093 * np.sqrt(20 / 19 * 0.25) / np.sqrt(20))
+
+
 def test_summary_puts_runs_on_a_common_grid_and_finds_the_headline():
     args = se.parse_args(["--queries", "32", "--batch_size", "8", "--eval_every", "2", "--thresholds", "0.6"])
     curves = {"passive": {0: (np.array([0.0, 16, 32]), np.array([0.5, 0.55, 0.6]))},
