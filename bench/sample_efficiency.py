@@ -22,6 +22,7 @@ sweep can be stopped and restarted); pass `--fresh` to rerun them.
 
     python bench/sample_efficiency.py                       # embedded task, default budget
     python bench/sample_efficiency.py --queries 160 --seeds 5 --methods passive,ee-ts
+    python bench/sample_efficiency.py --queries 160 --seeds 5-9 --methods passive,ee-ts  # five more seeds
     python bench/sample_efficiency.py --set loss=ipo --set beta=0.5   # any RunConfig option
     python bench/sample_efficiency.py --variant ee-ts-mixed-n8=ee-ts-mixed:samples_per_prompt=8
 """
@@ -99,7 +100,9 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, from {', '.join(METHODS)}; or all")
-    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 of every method (paired by seed)")
+    ap.add_argument("--seeds", type=seed_list, default="5", metavar="S | A-B,C",
+                    help="seeds of every method, paired by seed: a count S (seeds 0..S-1) or ranges and "
+                         "single seeds (5-9, or 0,2,5-9) to extend a sweep")
     ap.add_argument("--queries", type=int, default=64, help="oracle-query budget of every run")
     ap.add_argument("--batch_size", type=int, default=8, help="prompts (= queries) per round")
     ap.add_argument("--eval_every", type=int, default=2, help="rounds between evaluations")
@@ -126,9 +129,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.methods.split(",")) - set(args.method_options))
     if unknown:
         ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(args.method_options)}")
-    if args.seeds < 1 or args.queries < args.batch_size or args.equal_updates < 1:
-        ap.error("need --seeds ≥ 1, --queries ≥ --batch_size and --equal_updates ≥ 1")
+    if args.queries < args.batch_size or args.equal_updates < 1:
+        ap.error("need --queries ≥ --batch_size and --equal_updates ≥ 1")
     return args
+
+
+def seed_list(text: str) -> list[int]:
+    """'5' → seeds 0..4; '5-9' or '0,2,5-9' → those seeds (sorted, each once)."""
+    if text.strip().isdigit():
+        if int(text) < 1:
+            raise argparse.ArgumentTypeError("a seed count must be ≥ 1")
+        return list(range(int(text)))
+    seeds = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+            raise argparse.ArgumentTypeError(f"{part!r} is not a seed or a range A-B with A ≤ B (e.g. 5-9)")
+        seeds.update(range(int(lo), int(hi if sep else lo) + 1))
+    return sorted(seeds)
 
 
 def variants(specs: list[str], ap: argparse.ArgumentParser) -> dict[str, dict]:
@@ -503,10 +521,10 @@ def ratio_cell(r: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     methods = args.methods.split(",")
-    configs = {m: [run_config(args, m, seed) for seed in range(args.seeds)] for m in methods}
+    configs = {m: [run_config(args, m, seed) for seed in args.seeds] for m in methods}
     # seed-major: every method gets its first seed before any gets its second
     todo = [] if args.summarise_only else [
-        configs[m][s] for s in range(args.seeds) for m in methods if args.fresh or not finished(configs[m][s])]
+        configs[m][k] for k in range(len(args.seeds)) for m in methods if args.fresh or not finished(configs[m][k])]
     wall = run_all(todo, args.jobs)
     done = {m: [c for c in configs[m] if finished(c)] for m in methods}
     wall = {**earlier_wall_times(args.out.with_suffix(".json"), done), **wall}

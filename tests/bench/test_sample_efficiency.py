@@ -181,6 +181,17 @@ def test_bad_method_and_bad_option_are_refused_before_any_run(tmp_path):
         se.run_config(args, "passive", 0)
 
 
+
+def test_seeds_are_a_count_or_ranges_that_extend_a_sweep():
+    assert se.parse_args([]).seeds == [0, 1, 2, 3, 4]
+    assert se.parse_args(["--seeds", "3"]).seeds == [0, 1, 2]
+    assert se.parse_args(["--seeds", "5-9"]).seeds == [5, 6, 7, 8, 9]
+    assert se.parse_args(["--seeds", "7,0,2-3,2"]).seeds == [0, 2, 3, 7]
+    for bad in ("0", "9-5", "a", "1-", "-3"):
+        with pytest.raises(SystemExit):
+            se.parse_args(["--seeds", bad])
+
+
 @pytest.mark.timeout(600)
 def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
@@ -213,3 +224,6 @@ def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, m
     assert (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime == log
     # a summary of reused runs keeps the wall times the sweep measured when it ran them
     assert json.loads((tmp_path / "se.json").read_text())["setup"]["run_wall_s"] == wall
+    # a seed list summarises the listed seeds that finished (seed 3 never ran)
+    assert se.main([*argv, "--seeds", "0,3", "--summarise_only"]) == 0
+    assert json.loads((tmp_path / "se.json").read_text())["setup"]["seeds"] == {"passive": [0], "offline": [0]}
