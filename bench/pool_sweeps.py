@@ -1,11 +1,13 @@
 """Pool sweeps of the same comparison: one method against its control over every paired seed they ran.
 
-A seed's runs on two machines are not repeats: bf16 and fp32 runs sample from slightly different
-distributions from the first token on, and their trajectories part (docs/benchmarks.md). So sweeps of the
-same methods and settings on different machines (or seed ranges) are independent paired replicates of
-one comparison, and pooling them is how a claim gets more seeds than one machine's sweep holds. This
-script reads the sweeps' JSONs (bench/sample_efficiency.py), refuses sweeps that differ in anything but
-machine, dtype and seeds, and reports per sweep and pooled:
+A seed's bf16 and fp32 runs are not repeats: they sample from slightly different distributions from the
+first token on, and their trajectories part; a seed's runs in one dtype are (fp32 runs of one seed gave
+the same win rate at every evaluation on an AVX2 and an AVX-512 EPYC; docs/benchmarks.md). So sweeps of
+the same methods and settings in other dtypes or over other seeds are independent paired replicates of
+one comparison, and pooling them is how a claim gets more seeds than one sweep holds. This script reads
+the sweeps' JSONs (bench/sample_efficiency.py), refuses sweeps that differ in anything but machine, dtype
+and seeds, and a seed that two sweeps ran in the same dtypes (one replicate, not two), and reports per
+sweep and pooled:
 
 - the paired difference of the final win rate (method − control, per replicate), its mean with a 95%
   Student-t interval and how many replicates are positive;
@@ -74,6 +76,15 @@ def check_replicates(paths: list[Path], sweeps: list[dict], methods: tuple[str, 
         if differ:
             raise SystemExit(f"{path} and {name} differ in {', '.join(differ)}: they are not replicates of one "
                              "comparison; pool only sweeps that differ in machine, dtype and seeds")
+    ran: dict[tuple, Path] = {}
+    for path, sweep in zip(paths, sweeps):
+        arithmetic = (tuple(sweep["setup"]["dtype"]), tuple(sweep["setup"].get("engine_dtype", ())))
+        for seed in sorted(set(curves(sweep, methods[0])) & set(curves(sweep, methods[1]))):
+            if (seed, arithmetic) in ran:
+                raise SystemExit(f"{ran[seed, arithmetic]} and {path} both ran seed {seed} in {'/'.join(arithmetic[0])}: a "
+                                 "seed's runs in one dtype reproduce, so they are one replicate; pool other seeds "
+                                 "or other dtypes")
+            ran[seed, arithmetic] = path
 
 
 def shaping_options(sweep: dict) -> dict:

@@ -23,7 +23,7 @@ def sweep(path: Path, finals: dict[str, dict[int, float]], cpu: str = "cpu A", d
                for m, f in finals.items()}
     argv = ["--methods", ",".join(finals)] + [x for s in sets for x in ("--set", s)]
     setup = {"argv": argv, "command": "python bench/sample_efficiency.py " + " ".join(argv), "cpu": cpu,
-             "dtype": [dtype], "model": "smollm2-135m-instruct", "oracle": oracle, "preference": "deterministic",
+             "dtype": [dtype], "engine_dtype": [dtype], "model": "smollm2-135m-instruct", "oracle": oracle, "preference": "deterministic",
              "loss": "dpo", "queries": 32, "batch_size": 8, "sea_samples": 4, "eval_prompts": 64,
              "max_new_tokens": 32, "method_overrides": {"passive": {}, "ee-ts-mixed": {"explore": "ee-ts"}}}
     path.write_text(json.dumps({"grid": GRID, "methods": methods, "setup": setup}))
@@ -66,6 +66,15 @@ def test_sweeps_of_different_comparisons_are_refused(tmp_path, change, named):
     with pytest.raises(SystemExit, match=f"differ in {named}.*not replicates"):
         ps.main([str(a), str(b), "--out", str(tmp_path / "pooled")])
     assert not (tmp_path / "pooled.json").exists()
+
+
+def test_a_seed_run_twice_in_one_dtype_is_one_replicate_and_refused(tmp_path):
+    a = sweep(tmp_path / "a.json", {"passive": {0: 0.6, 1: 0.7}, "ee-ts-mixed": {0: 0.7, 1: 0.7}})
+    b = sweep(tmp_path / "b.json", {"passive": {1: 0.7, 2: 0.6}, "ee-ts-mixed": {1: 0.7, 2: 0.8}}, cpu="cpu B")
+    with pytest.raises(SystemExit, match="both ran seed 1 in fp32"):
+        ps.main([str(a), str(b), "--out", str(tmp_path / "pooled")])
+    c = sweep(tmp_path / "c.json", {"passive": {1: 0.7, 2: 0.6}, "ee-ts-mixed": {1: 0.7, 2: 0.8}}, dtype="bf16")
+    assert ps.main([str(a), str(c), "--out", str(tmp_path / "pooled")]) == 0  # another dtype: another replicate
 
 
 def test_a_sweep_without_the_method_or_too_few_pairs_is_refused(tmp_path):
