@@ -76,15 +76,19 @@ def check_replicates(paths: list[Path], sweeps: list[dict], methods: tuple[str, 
         if differ:
             raise SystemExit(f"{path} and {name} differ in {', '.join(differ)}: they are not replicates of one "
                              "comparison; pool only sweeps that differ in machine, dtype and seeds")
+
+
+def check_distinct(paths: list[Path], sweeps: list[dict], reps: list[tuple]) -> None:
+    """Refuse a seed that two sweeps ran in the same dtypes: its runs reproduce, so they are one replicate."""
     ran: dict[tuple, Path] = {}
-    for path, sweep in zip(paths, sweeps):
-        arithmetic = (tuple(sweep["setup"]["dtype"]), tuple(sweep["setup"].get("engine_dtype", ())))
-        for seed in sorted(set(curves(sweep, methods[0])) & set(curves(sweep, methods[1]))):
-            if (seed, arithmetic) in ran:
-                raise SystemExit(f"{ran[seed, arithmetic]} and {path} both ran seed {seed} in {'/'.join(arithmetic[0])}: a "
-                                 "seed's runs in one dtype reproduce, so they are one replicate; pool other seeds "
-                                 "or other dtypes")
-            ran[seed, arithmetic] = path
+    for i, seed, _, _ in reps:
+        setup = sweeps[i]["setup"]
+        key = (seed, tuple(setup["dtype"]), tuple(setup.get("engine_dtype", ())))
+        if key in ran:
+            raise SystemExit(f"{ran[key]} and {paths[i]} both ran seed {seed} in {'/'.join(setup['dtype'])}: a "
+                             "seed's runs in one dtype reproduce, so they are one replicate; pool other seeds "
+                             "or other dtypes")
+        ran[key] = paths[i]
 
 
 def shaping_options(sweep: dict) -> dict:
@@ -120,6 +124,13 @@ def compare(grid: np.ndarray, reps: list[tuple[int, int, np.ndarray, np.ndarray]
             "control_final": float(np.mean([r[3][-1] for r in reps])), "ratio": ratio}
 
 
+def sweep_summary(grid: np.ndarray, path: Path, sweep: dict, own: list[tuple]) -> dict:
+    """One sweep's machine, seeds, command and comparison over its own replicates."""
+    return {"path": str(path), "cpu": sweep["setup"]["cpu"], "dtype": sweep["setup"]["dtype"],
+            "seeds": [seed for _, seed, _, _ in own], "command": sweep["setup"]["command"],
+            "comparison": compare(grid, own)}
+
+
 def pooled_curves(reps: list[tuple[int, int, np.ndarray, np.ndarray]], method: str, control: str) -> dict:
     out = {}
     for name, k in ((control, 3), (method, 2)):
@@ -150,13 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     check_replicates(args.sweeps, sweeps, methods)
     grid = np.array(sweeps[0]["grid"], float)
     reps = replicates(sweeps, args.method, args.control)
+    check_distinct(args.sweeps, sweeps, reps)
     if len(reps) < 2:
         raise SystemExit(f"{len(reps)} paired seed(s) of {args.method} and {args.control}: pooling needs two or more")
-    result = {"method": args.method, "control": args.control, "grid": grid.tolist(), "sweeps": [
-        {"path": str(p), "cpu": s["setup"]["cpu"], "dtype": s["setup"]["dtype"],
-         "seeds": [seed for i2, seed, _, _ in reps if i2 == i],
-         "command": s["setup"]["command"], "comparison": compare(grid, [r for r in reps if r[0] == i])}
-        for i, (p, s) in enumerate(zip(args.sweeps, sweeps))]}
+    result = {"method": args.method, "control": args.control, "grid": grid.tolist(),
+              "sweeps": [sweep_summary(grid, p, s, [r for r in reps if r[0] == i])
+                         for i, (p, s) in enumerate(zip(args.sweeps, sweeps))]}
     result["pooled"] = compare(grid, reps)
     result["methods"] = pooled_curves(reps, args.method, args.control)
     setup = sweeps[0]["setup"]

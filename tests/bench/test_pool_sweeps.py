@@ -23,9 +23,10 @@ def sweep(path: Path, finals: dict[str, dict[int, float]], cpu: str = "cpu A", d
                for m, f in finals.items()}
     argv = ["--methods", ",".join(finals)] + [x for s in sets for x in ("--set", s)]
     setup = {"argv": argv, "command": "python bench/sample_efficiency.py " + " ".join(argv), "cpu": cpu,
-             "dtype": [dtype], "engine_dtype": [dtype], "model": "smollm2-135m-instruct", "oracle": oracle, "preference": "deterministic",
-             "loss": "dpo", "queries": 32, "batch_size": 8, "sea_samples": 4, "eval_prompts": 64,
-             "max_new_tokens": 32, "method_overrides": {"passive": {}, "ee-ts-mixed": {"explore": "ee-ts"}}}
+             "dtype": [dtype], "engine_dtype": [dtype], "model": "smollm2-135m-instruct", "oracle": oracle,
+             "preference": "deterministic", "loss": "dpo", "queries": 32, "batch_size": 8, "sea_samples": 4,
+             "eval_prompts": 64, "max_new_tokens": 32,
+             "method_overrides": {"passive": {}, "ee-ts-mixed": {"explore": "ee-ts"}}}
     path.write_text(json.dumps({"grid": GRID, "methods": methods, "setup": setup}))
     return path
 
