@@ -8,6 +8,7 @@ bench reports.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -345,14 +346,16 @@ class OnlineLoop:
             summary["oracle_paid_queries"] = int(all_reduce_sum(self.oracle.paid_queries))
             summary["oracle_paid_eval_queries"] = int(all_reduce_sum(self.oracle.paid_eval_queries))
             summary["oracle_replayed_queries"] = int(all_reduce_sum(self.oracle.replayed_queries))
-        if is_main_process():
-            evals = read_metrics(self.metrics.path, kind="eval")
-            plot_win_rate(evals, self.out / "win_rate.png", title=f"{self.cfg.loss} · {self.cfg.oracle} oracle")
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if self.cfg.save_final:
             final = self.out / "final"
             self.learner.save_pretrained(final, self.tokenizer)  # every rank: ZeRO-3 gathers collectively
             summary["final_model"] = str(final)
             if self.cfg.save_merged:
                 summary["final_merged_model"] = str(self.learner.save_merged(self.out / "final_merged", self.tokenizer))
+        if is_main_process():  # summary.json last: it marks the run finished, so a kill before it is resumed
+            evals = read_metrics(self.metrics.path, kind="eval")
+            plot_win_rate(evals, self.out / "win_rate.png", title=f"{self.cfg.loss} · {self.cfg.oracle} oracle")
+            partial = self.out / "summary.json.partial"
+            partial.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(partial, self.out / "summary.json")
         return summary

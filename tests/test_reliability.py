@@ -187,6 +187,29 @@ def test_corrupted_last_checkpoint_falls_back_to_the_previous_one(baseline, tiny
     assert_same_run(out, baseline)
 
 
+def test_crash_while_saving_the_final_model_is_resumed_not_reported_finished(baseline, tiny_model_dir, tmp_path,
+                                                                             rewards_importable, monkeypatch):
+    """summary.json marks a run finished, so it is written after the final model: a run that dies while
+    saving final/ (here an exception; in CI once a SIGKILL) writes the model on resume instead of
+    reporting a finished run without one."""
+    out = tmp_path / "run"
+    real = PolicyLearner.save_pretrained
+
+    def dies(self, out_dir, tokenizer=None):
+        raise KeyboardInterrupt("killed while saving the final model")
+
+    monkeypatch.setattr(PolicyLearner, "save_pretrained", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(tiny_model_dir, out)
+    assert not (out / "summary.json").exists() and not (out / "final").exists()
+    monkeypatch.setattr(PolicyLearner, "save_pretrained", real)
+    summary = run_in_process(tiny_model_dir, out, resume="auto")
+    assert "already_finished" not in summary and summary["final_model"] == str(out / "final")
+    assert_same_run(out, baseline)
+    again = run_in_process(tiny_model_dir, out, resume="auto")
+    assert again["already_finished"] and again["final_model"] == str(out / "final")
+
+
 def test_oracle_failure_saves_state_and_the_resumed_run_loses_nothing(baseline, tiny_model_dir, tmp_path,
                                                                       rewards_importable):
     out = tmp_path / "run"
