@@ -124,11 +124,12 @@ def compare(grid: np.ndarray, reps: list[tuple[int, int, np.ndarray, np.ndarray]
             "control_final": float(np.mean([r[3][-1] for r in reps])), "ratio": ratio}
 
 
-def sweep_summary(grid: np.ndarray, path: Path, sweep: dict, own: list[tuple]) -> dict:
-    """One sweep's machine, seeds, command and comparison over its own replicates."""
+def sweep_summary(grid: np.ndarray, path: Path, sweep: dict, own: list[tuple], method: str) -> dict:
+    """One sweep's machine, seeds, command and comparison over its own replicates, and the method's
+    reward-model record per seed where the sweep has one (sweeps summarised before it was recorded do not)."""
     return {"path": str(path), "cpu": sweep["setup"]["cpu"], "dtype": sweep["setup"]["dtype"],
             "seeds": [seed for _, seed, _, _ in own], "command": sweep["setup"]["command"],
-            "comparison": compare(grid, own)}
+            "comparison": compare(grid, own), "reward_model": sweep["methods"][method].get("reward_model")}
 
 
 def pooled_curves(reps: list[tuple[int, int, np.ndarray, np.ndarray]], method: str, control: str) -> dict:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(reps) < 2:
         raise SystemExit(f"{len(reps)} paired seed(s) of {args.method} and {args.control}: pooling needs two or more")
     result = {"method": args.method, "control": args.control, "grid": grid.tolist(),
-              "sweeps": [sweep_summary(grid, p, s, [r for r in reps if r[0] == i])
+              "sweeps": [sweep_summary(grid, p, s, [r for r in reps if r[0] == i], args.method)
                          for i, (p, s) in enumerate(zip(args.sweeps, sweeps))]}
     result["pooled"] = compare(grid, reps)
     result["methods"] = pooled_curves(reps, args.method, args.control)

@@ -13,11 +13,12 @@ the same draw for both methods). The same against `passive-equal-updates`, a pas
 makes `--equal_updates` policy updates per round (as many pair-updates per query as mixed preference
 learning's extra pairs give it; needs the learner's `updates_per_round`). Which control a method is
 compared with at equal updates is measured: the one whose pair-updates per query are nearest its own
-(a gate that stays shut leaves plain passive the match). Per method also the worst
-seed's final and the seeds that end below the reference policy (< 50%), and how the final policy answers
-(`answer_style`: shares of effusive openings, "Here's …" preambles and repeated phrases — a win rate
-bought with an oracle's quirks shows there). The JSON records the CPU model,
-dtype, seeds, oracle and the exact command. Finished runs are reused when their config matches (a long
+(a gate that stays shut leaves plain passive the match). Per method also the worst seed's final and the
+seeds that end below the reference policy (< 50%), how the final policy answers (`answer_style`: shares
+of effusive openings, "Here's …" preambles and repeated phrases — a win rate bought with an oracle's
+quirks shows there) and, where it has a reward model, how well that model predicted the oracle and how
+many pairs it labelled itself (`reward_model_done`). The JSON records the CPU model, dtype, seeds, oracle
+and the exact command. Finished runs are reused when their config matches (a long
 sweep can be stopped and restarted); pass `--fresh` to rerun them.
 
     python bench/sample_efficiency.py                       # embedded task, default budget
@@ -264,6 +265,42 @@ def training_done(cfg: RunConfig) -> dict[str, float]:
             "pair_updates_per_query": pairs * per_round / max(float(summary["queries"]), 1.0)}
 
 
+def reward_model_done(cfg: RunConfig) -> dict[str, float | None] | None:
+    """How well the run's reward model predicted the oracle, and how often it labelled pairs itself: its
+    prequential accuracy (each new oracle pair predicted before the model trains on it) over the run and
+    over each half of the query budget, the model-labelled pairs trained on and the rounds the gate was
+    open. None for a run without a reward model (passive)."""
+    rows = [r for r in read_metrics(Path(cfg.output_dir) / "metrics.jsonl", kind="train") if "erm/preq_pairs" in r]
+    if not rows:
+        return None
+
+    def pairs_correct(row: dict | None) -> tuple[float, float]:
+        n = float(row["erm/preq_pairs"]) if row else 0.0
+        return n, (float(row["erm/preq_accuracy"]) * n if n else 0.0)
+
+    half = (cfg.max_queries or rows[-1]["queries"]) / 2
+    n1, c1 = pairs_correct(next((r for r in reversed(rows) if r["queries"] <= half), None))
+    n, c = pairs_correct(rows[-1])
+    share = lambda correct, pairs: correct / pairs if pairs else None  # noqa: E731
+    return {"preq_pairs": n, "preq_accuracy": share(c, n), "preq_accuracy_first_half": share(c1, n1),
+            "preq_accuracy_second_half": share(c - c1, n - n1),
+            "model_labelled": float(sum(r.get("model_labelled", 0) for r in rows)),
+            "gate_open_rounds": float(sum(r.get("mixed/gate_open", 0) for r in rows))}
+
+
+def reward_model_over_seeds(runs: list[RunConfig]) -> dict | None:
+    """reward_model_done per seed, and each figure's range over the seeds; None if no run has a reward model."""
+    per_seed = {str(c.seed): rec for c in runs if (rec := reward_model_done(c)) is not None}
+    if not per_seed:
+        return None
+    keys = next(iter(per_seed.values()))
+    ranges = {}
+    for k in keys:
+        values = [v[k] for v in per_seed.values() if v[k] is not None]
+        ranges[k] = [min(values), max(values)] if values else None
+    return {"per_seed": per_seed, "range": ranges}
+
+
 def answer_style(texts: list[str]) -> dict[str, float]:
     """Shares of the answers that open effusively, open with a "Here's …" preamble, or repeat a word 4-gram."""
     def repeats(text: str) -> bool:
@@ -298,17 +335,18 @@ def style_over_seeds(runs: list[RunConfig]) -> dict | None:
     return {"mean": {k: float(np.mean([v[k] for v in per_seed.values()])) for k in keys}, "per_seed": per_seed}
 
 
-def earlier_wall_times(path: Path, done: dict[str, list[RunConfig]]) -> dict[str, float]:
-    """Wall seconds an earlier summary at `path` recorded for runs that are still finished: a summary of
-    reused runs keeps their measured times instead of dropping them."""
+def earlier_setup(path: Path, done: dict[str, list[RunConfig]]) -> dict:
+    """What an earlier summary at `path` recorded that a summary of the same finished runs keeps: the wall
+    seconds of runs that are still finished (measured when they ran, not now) and its date."""
     if not path.is_file():
         return {}
     try:
-        old = json.loads(path.read_text()).get("setup", {}).get("run_wall_s", {})
+        old = json.loads(path.read_text()).get("setup", {})
+        runs = {c.output_dir for cfgs in done.values() for c in cfgs}
+        return {"run_wall_s": {k: v for k, v in old.get("run_wall_s", {}).items() if k in runs},
+                "date": old.get("date")}
     except (json.JSONDecodeError, AttributeError):
         return {}
-    runs = {c.output_dir for cfgs in done.values() for c in cfgs}
-    return {k: v for k, v in old.items() if k in runs}
 
 
 def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -477,6 +515,9 @@ def table(result: dict, seeds: dict[str, int]) -> str:
     with_style = all(v.get("style") for v in result["methods"].values())
     if with_style:
         head += ["answers: effusive / preamble / repeat %"]
+    with_rm = any(v.get("reward_model") for v in result["methods"].values())
+    if with_rm:
+        head += ["reward model: prequential accuracy / model-labelled pairs per run (seed range)"]
     matched = result.get("equal_updates", {})
     if matched:
         head += ["equal-updates control (training ×)"]
@@ -495,6 +536,8 @@ def table(result: dict, seeds: dict[str, int]) -> str:
                       f"{t['pair_updates_per_query']:.2f}"]
         if with_style:
             cells.append(style_cell(v["style"]["mean"]))
+        if with_rm:
+            cells.append(reward_model_cell(v.get("reward_model")))
         if matched:
             e = matched.get(m)
             cells.append("—" if e is None else
@@ -509,6 +552,14 @@ def table(result: dict, seeds: dict[str, int]) -> str:
 
 def style_cell(style: dict[str, float]) -> str:
     return " / ".join(f"{100 * style[k]:.1f}" for k in ("effusive_opening", "preamble", "repeated_4gram"))
+
+
+def reward_model_cell(rm: dict | None) -> str:
+    if rm is None:
+        return "—"
+    acc, labels = rm["range"]["preq_accuracy"], rm["range"]["model_labelled"]
+    acc_text = "—" if acc is None else f"{acc[0]:.2f}–{acc[1]:.2f}"
+    return f"{acc_text} / {labels[0]:.0f}–{labels[1]:.0f}"
 
 
 def ratio_cell(r: dict | None) -> str:
@@ -527,7 +578,10 @@ def main(argv: list[str] | None = None) -> int:
         configs[m][k] for k in range(len(args.seeds)) for m in methods if args.fresh or not finished(configs[m][k])]
     wall = run_all(todo, args.jobs)
     done = {m: [c for c in configs[m] if finished(c)] for m in methods}
-    wall = {**earlier_wall_times(args.out.with_suffix(".json"), done), **wall}
+    earlier = earlier_setup(args.out.with_suffix(".json"), done)
+    # a summary of runs that all ran before keeps the date they were summarised; new runs date it today
+    date = (None if wall else earlier.get("date")) or time.strftime("%Y-%m-%d")
+    wall = {**earlier.get("run_wall_s", {}), **wall}
     methods = [m for m in methods if done[m]]
     if not methods:
         raise SystemExit("no finished runs to summarise")
@@ -536,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [training_done(c) for c in done[m]]
         result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
         result["methods"][m]["style"] = style_over_seeds(done[m])
+        result["methods"][m]["reward_model"] = reward_model_over_seeds(done[m])
     reference = final_answers(done[methods[0]][0])  # the same reference answers in every run of a sweep
     result["reference_style"] = answer_style([r["reference"] for r in reference]) if reference else None
     result["equal_updates"] = equal_updates(result)
@@ -553,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                        "method_overrides": {m: args.method_options[m] for m in methods}, "run_wall_s": wall,
                        "cpu": cpu_model(), "cores": os.cpu_count(), "bootstrap": {
                            "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
-                       "date": time.strftime("%Y-%m-%d")}
+                       "date": date}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     seeds = sorted({len(done[m]) for m in methods})

@@ -35,6 +35,10 @@ def test_pooled_differences_and_ratio_by_hand(tmp_path, capsys):
     a = sweep(tmp_path / "a.json", {"passive": {0: 0.6, 1: 0.7}, "ee-ts-mixed": {0: 0.7, 1: 0.7, 2: 0.9}})
     b = sweep(tmp_path / "b.json", {"passive": {0: 0.6, 3: 0.5}, "ee-ts-mixed": {0: 0.5, 3: 0.8}},
               cpu="cpu B", dtype="bf16", sets=("threads=2", "dtype=bf16"))
+    record = {"per_seed": {"0": {"preq_accuracy": 0.55, "model_labelled": 3.0}}, "range": {}}
+    data = json.loads(a.read_text())
+    data["methods"]["ee-ts-mixed"]["reward_model"] = record  # b was summarised before records existed
+    a.write_text(json.dumps(data))
     assert ps.main([str(a), str(b), "--out", str(tmp_path / "pooled")]) == 0
     out = json.loads((tmp_path / "pooled.json").read_text())
     # replicates (sweep:seed) a:0 +0.1, a:1 0, b:0 −0.1, b:3 +0.3 (a's seed 2 has no passive twin)
@@ -51,6 +55,7 @@ def test_pooled_differences_and_ratio_by_hand(tmp_path, capsys):
     assert [s["seeds"] for s in out["sweeps"]] == [[0, 1], [0, 3]]
     assert out["sweeps"][0]["comparison"]["final_difference"] == pytest.approx(0.05)
     assert out["sweeps"][1]["cpu"] == "cpu B" and out["sweeps"][1]["dtype"] == ["bf16"]
+    assert out["sweeps"][0]["reward_model"] == record and out["sweeps"][1]["reward_model"] is None
     assert out["methods"]["passive"]["mean"] == pytest.approx([0.5, 0.55, 0.6])
     assert (tmp_path / "pooled.png").stat().st_size > 0
     assert "| pooled |" in capsys.readouterr().out

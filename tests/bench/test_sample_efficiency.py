@@ -150,6 +150,33 @@ def test_equal_updates_control_is_refused_while_the_learner_ignores_updates_per_
                                      "pair_updates_per_query": pytest.approx(150 * 2 / 160)}
 
 
+def test_reward_model_record_splits_prequential_accuracy_at_half_the_budget(tmp_path):
+    args = se.parse_args(["--runs_dir", str(tmp_path), "--methods", "ee-ts-mixed", "--queries", "32"])
+    cfg = se.run_config(args, "ee-ts-mixed", 0)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True)
+    # cumulative prequential pairs / accuracy as the loop logs them; the third round's 4 pairs were model-labelled
+    logged = [(8, 8, 0.5, 0, 0.0), (16, 16, 0.75, 0, 0.0), (20, 20, 0.7, 4, 1.0), (28, 28, 0.5, 0, 0.0)]
+    rows = [{"kind": "eval", "queries": 0, "win_rate": 0.5}]
+    rows += [{"kind": "train", "queries": q, "erm/preq_pairs": n, "erm/preq_accuracy": a, "model_labelled": m,
+              "mixed/gate_open": g} for q, n, a, m, g in logged]
+    (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    record = se.reward_model_done(cfg)
+    # 12 of the first 16 pairs right (by query 16 = half of 32), 14 of 28 in all, so 2 of the last 12
+    assert record == {"preq_pairs": 28.0, "preq_accuracy": pytest.approx(0.5),
+                      "preq_accuracy_first_half": pytest.approx(12 / 16),
+                      "preq_accuracy_second_half": pytest.approx(2 / 12), "model_labelled": 4.0,
+                      "gate_open_rounds": 1.0}
+    over = se.reward_model_over_seeds([cfg])
+    assert over["per_seed"] == {"0": record} and over["range"]["model_labelled"] == [4.0, 4.0]
+    assert se.reward_model_cell(over) == "0.50–0.50 / 4–4"
+    passive = se.run_config(args, "passive", 0)  # no reward model: no record
+    Path(passive.output_dir).mkdir(parents=True)
+    (Path(passive.output_dir) / "metrics.jsonl").write_text(json.dumps({"kind": "train", "queries": 8}) + "\n")
+    assert se.reward_model_done(passive) is None and se.reward_model_over_seeds([passive]) is None
+    assert se.reward_model_cell(None) == "—"
+
+
 def test_answer_style_counts_openings_preambles_and_repeated_phrases():
     texts = ["I’m so thrilled to help! Welcome.",            # effusive (curly apostrophe)
              "  \"Welcome to a wonderful place!",           # effusive after quotes
@@ -224,6 +251,11 @@ def test_a_small_sweep_runs_end_to_end_and_is_reused(tiny_model_dir, tmp_path, m
     assert (tmp_path / "runs" / "passive" / "seed0" / "metrics.jsonl").stat().st_mtime == log
     # a summary of reused runs keeps the wall times the sweep measured when it ran them
     assert json.loads((tmp_path / "se.json").read_text())["setup"]["run_wall_s"] == wall
+    assert result["methods"]["passive"]["reward_model"] is None  # passive has no reward model
+    # ... and the date they were summarised on (a run made today dates it today)
+    (tmp_path / "se.json").write_text(json.dumps({**result, "setup": {**setup, "date": "2026-01-02"}}))
+    assert se.main(argv) == 0
+    assert json.loads((tmp_path / "se.json").read_text())["setup"]["date"] == "2026-01-02"
     # a seed list summarises the listed seeds that finished (seed 3 never ran)
     assert se.main([*argv, "--seeds", "0,3", "--summarise_only"]) == 0
     assert json.loads((tmp_path / "se.json").read_text())["setup"]["seeds"] == {"passive": [0], "offline": [0]}
