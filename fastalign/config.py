@@ -127,7 +127,7 @@ class RunConfig:
     save_merged: bool = False  # with LoRA, also write output_dir/final_merged/: the base with the adapter merged in
     # --- loop ---
     rounds: int = 20
-    max_queries: int | None = None
+    max_queries: int | None = None  # oracle queries over all ranks, a hard cap: the last round asks what is left
     time_budget_minutes: float | None = None
     eval_every: int = 5
     save_final: bool = True

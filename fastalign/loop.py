@@ -175,6 +175,10 @@ class OnlineLoop:
         labelled_by = algorithm.label_sources(len(prompts), stream_rng(cfg.seed, "label-sources", self.state.round,
                                                                        self.rank))
         labelled_by[by_model] = REWARD_MODEL  # SEA mixed preference: the reward model's confident pair
+        within = np.flatnonzero(self.within_budget(labelled_by == ORACLE))
+        if within.size < len(prompts):  # the budget's last round asks only what is left of it
+            keep, idx, by_model, labelled_by = keep[within], idx[within], by_model[within], labelled_by[within]
+            prompts, completions = [prompts[k] for k in within], [completions[k] for k in within]
         times["select"], t = time.perf_counter() - t, time.perf_counter()
 
         extra = algorithm.extra_responses(self, prompts, self.seed_for) if prompts else None
@@ -217,6 +221,19 @@ class OnlineLoop:
                if completions else 0.0}
         self.metrics.log("train", self.state.queries, row)
         return row
+
+    def within_budget(self, asks: np.ndarray) -> np.ndarray:
+        """The rows this rank keeps: all, unless asking the oracle about every row in `asks` would take the
+        run past `max_queries`; then the asking rows past this rank's share of what is left (in batch order)
+        are dropped, neither asked nor trained on. A budget is a hard cap: comparisons at equal queries hold
+        although a round's queries vary (mixed preference asks about only part of its batch)."""
+        within = np.ones(asks.size, dtype=bool)
+        if self.cfg.max_queries is None:
+            return within
+        left = max(self.cfg.max_queries - self.state.queries, 0)
+        share = left // self.world_size + int(self.rank < left % self.world_size)
+        within[np.flatnonzero(asks)[share:]] = False
+        return within
 
     # ------------------------------------------------------------------ the Sampler the algorithm draws from
     def policy(self, prompts: list[Prompt], n: int, seed: int) -> list[list[Completion]]:

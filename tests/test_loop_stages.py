@@ -120,6 +120,40 @@ def test_mixed_preference_pairs_are_trained_but_not_counted_as_queries(tmp_path)
     assert loop.explorer.reward_model.pairs_seen == 12  # the reward model learns from the oracle only
 
 
+def test_a_query_budget_is_a_hard_cap_when_rounds_ask_unequal_numbers(tmp_path):
+    # rounds ask 4, 4, 2, 2 (after 8 queries the model labels half of each batch): a budget of 11 leaves
+    # round 4 one query, so one of its two asking rows is dropped and its two model-labelled ones stay
+    loop, _, learner, oracle = make_loop(tmp_path, sea_explorer(0.5, burn_in=8), explore="ee-ts",
+                                         samples_per_prompt=4, mixed_share=0.5, mixed_burn_in=8, rounds=10,
+                                         max_queries=11)
+    summary = loop.run()
+    train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
+    assert [r["queries"] for r in train] == [4, 8, 10, 11] and oracle.queries == 11
+    assert summary["queries"] == 11 and summary["stopped"] == "query budget 11 reached"
+    assert [r["model_labelled"] for r in train] == [0, 0, 2, 2]  # the free labels of the last round stay
+    assert [r["pairs"] for r in train] == [4, 4, 4, 3] and len(learner.pairs) == 15
+    assert loop.explorer.reward_model.pairs_seen == 11  # the dropped row is not observed either
+
+
+def test_a_budget_that_is_not_a_whole_number_of_rounds_ends_on_it(tmp_path):
+    loop, _, learner, oracle = make_loop(tmp_path, PassiveExplorer(seed=0), rounds=10, max_queries=6)
+    loop.run()
+    train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
+    assert [r["queries"] for r in train] == [4, 6] and oracle.queries == 6 and len(learner.pairs) == 6
+
+
+def test_ranks_split_what_is_left_of_the_budget(tmp_path):
+    loop, _, _, _ = make_loop(tmp_path, PassiveExplorer(seed=0), max_queries=10)
+    loop.state.queries, loop.world_size = 7, 2  # 3 left: rank 0 may ask 2, rank 1 one
+    asks = np.array([True, False, True, True])
+    loop.rank = 0
+    assert loop.within_budget(asks).tolist() == [True, True, True, False]
+    loop.rank = 1
+    assert loop.within_budget(asks).tolist() == [True, True, False, False]
+    loop.state.queries = 0  # a whole round left: nothing dropped
+    assert loop.within_budget(asks).all()
+
+
 def test_best_of_n_evaluation_ranks_samples_with_the_explorer(tmp_path):
     loop, engine, _, _ = make_loop(tmp_path, sea_explorer(0.0, 0), explore="ee-ts", samples_per_prompt=4,
                                    eval_best_of_n=3, rounds=2)
