@@ -223,10 +223,11 @@ class OnlineLoop:
         return row
 
     def within_budget(self, asks: np.ndarray) -> np.ndarray:
-        """The rows this rank keeps: all, unless asking the oracle about every row in `asks` would take the
-        run past `max_queries`; then the asking rows past this rank's share of what is left (in batch order)
-        are dropped, neither asked nor trained on. A budget is a hard cap: comparisons at equal queries hold
-        although a round's queries vary (mixed preference asks about only part of its batch)."""
+        """The rows this rank keeps. A rank asks the oracle about at most its share of what is left of
+        `max_queries` (split evenly over ranks); its asking rows past that share (in batch order) are dropped,
+        neither asked nor trained on. So a budget is a hard cap, and runs compared at equal queries asked
+        equally many although a round's queries vary (mixed preference asks about part of its batch). With
+        several ranks an uneven round can leave some of the budget to one more round."""
         within = np.ones(asks.size, dtype=bool)
         if self.cfg.max_queries is None:
             return within
