@@ -155,7 +155,7 @@ def test_reward_model_record_splits_prequential_accuracy_at_half_the_budget(tmp_
     cfg = se.run_config(args, "ee-ts-mixed", 0)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True)
-    # cumulative prequential pairs / accuracy as the loop logs them; the third round's 4 pairs were model-labelled
+    # cumulative prequential pairs / accuracy as the loop logs them; the third round also trained 4 model labels
     logged = [(8, 8, 0.5, 0, 0.0), (16, 16, 0.75, 0, 0.0), (20, 20, 0.7, 4, 1.0), (28, 28, 0.5, 0, 0.0)]
     rows = [{"kind": "eval", "queries": 0, "win_rate": 0.5}]
     rows += [{"kind": "train", "queries": q, "erm/preq_pairs": n, "erm/preq_accuracy": a, "model_labelled": m,
