@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"```(?:bash|sh|shell)\n(.*?)```", re.S)
-INLINE = re.compile(r"`((?:\.venv/bin/)?(?:python3? |make |fastalign |torchrun |pip |nice |vllm |curl )[^`]*)`")
+# a span may break its line anywhere, right after the program's name too
+INLINE = re.compile(r"(?<!`)`((?:\.venv/bin/)?(?:python3?|make|fastalign|torchrun|pip|nice|vllm|curl)\s[^`]*)`")
 EXTERNAL = ("vllm", "curl")  # other projects' tools, shown in recipes: not ours to run here
 SHELL = ("export", "kill", "until", "while", "done", "sleep", "cd", "mkdir", "rm")  # a recipe's plumbing
 SERVED = ("--judge_url", "--reward_url")  # a dry run would ask the server: such commands are parsed only
