@@ -15,6 +15,10 @@ Feature maps:
 * `minilm+prompt*answer`: adds the elementwise product of the prompt's and the answer's own MiniLM
   embeddings (the interaction term of SBERT-style pair classifiers). The rubric's relevance is the sum of
   that product, so on the rubric this map is handed one of the oracle's six criteria;
+* `policy` (`--erm_features policy`): the frozen initial policy's last hidden state averaged over the
+  answer's tokens (`PolicyHiddenFeatures`, fp32), the prompt in the loop's chat format. Answers are
+  re-tokenised from their text, with the stop token appended when shorter than `--max_new_tokens` (the
+  loop's responses carry it when they ended on it); `--policy none` leaves the map out;
 * `criteria`, for an oracle that exposes them (the rubric): its own criteria, of which it is a linear
   function, so this row is what the learners reach with the right features.
 
@@ -23,8 +27,7 @@ Learners: `reward_model`, the ensemble as the loop trains it (EpistemicRewardMod
 standardised feature difference fit on the same pairs (what a linear head gets from the features).
 
 What it does not show: the pairs are random, not the ones an exploration rule picks (those are the
-ones the heads disagree on, harder); the policy's hidden state (`--erm_features policy`) is not among the
-maps (it needs each run's own policy); one model, 64 prompts, 32-token answers. Written: OUT.json.
+ones the heads disagree on, harder); one model, 64 prompts, 32-token answers. Written: OUT.json.
 
     python bench/reward_features.py --splits 3
 """
@@ -44,6 +47,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastalign.config import DEFAULT_MODEL, RunConfig  # noqa: E402
 from fastalign.explore.reward_model import EpistemicRewardModel  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
@@ -60,6 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--train_pairs", default="80,160,320,640,1280", help="pairs seen when accuracy is measured")
     ap.add_argument("--test_pairs", type=int, default=2000)
     ap.add_argument("--batch_size", type=int, default=8, help="pairs per reward-model round, as in the loop")
+    ap.add_argument("--policy", default=DEFAULT_MODEL,
+                    help="the runs' initial policy (name or HF directory), whose hidden state is the `policy` map; "
+                         "`none` leaves that map out")
+    ap.add_argument("--max_new_tokens", type=int, default=RunConfig().max_new_tokens,
+                    help="the runs' answer length: a shorter answer ended on the stop token")
     ap.add_argument("--cache", type=Path, default=REPO / "runs" / "reward_features" / "features.pt")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "reward_features")
     args = ap.parse_args(argv)
@@ -91,26 +100,59 @@ def final_answers(runs_dirs: list[Path]) -> tuple[list[str], list[tuple[str, str
     return prompts, [(p, a) for p in prompts for a in sorted(seen[p])], runs
 
 
-def embeddings(items: list[tuple[str, str]], cache: Path, embedder=None) -> dict[str, torch.Tensor]:
-    """MiniLM features of every item: the pair embedding, and prompt and answer each embedded alone (as
-    the rubric embeds them). Cached by the item list, so a rerun over the same runs skips the encoder."""
+def embeddings(items: list[tuple[str, str]], cache: Path, embedder=None, policy: str = "none",
+               max_new_tokens: int = 32) -> dict[str, torch.Tensor]:
+    """Features of every item: MiniLM's pair embedding, prompt and answer each embedded alone (as the
+    rubric embeds them), and the policy's hidden state unless `policy` is "none". Cached by the item list
+    (and the policy), so a rerun over the same runs skips the encoders."""
     key = [list(x) for x in items]
-    if cache.is_file():
-        saved = torch.load(cache, weights_only=False)
-        if saved["items"] == key:
-            return saved["features"]
-    if embedder is None:
-        from fastalign.explore.features import MiniLMFeatures
+    saved = torch.load(cache, weights_only=False) if cache.is_file() else {}
+    if saved.get("items") != key:
+        if embedder is None:
+            from fastalign.explore.features import MiniLMFeatures
 
-        embedder = MiniLMFeatures()
-    alone = {t: embedder.embed([t])[0] for t in dict.fromkeys(t for pair in items for t in pair)}
-    features = {"pair": embedder([p for p, _ in items], [a for _, a in items]),
-                "prompt": torch.stack([alone[p] for p, _ in items]), "answer": torch.stack([alone[a] for _, a in items])}
+            embedder = MiniLMFeatures()
+        alone = {t: embedder.embed([t])[0] for t in dict.fromkeys(t for pair in items for t in pair)}
+        saved = {"items": key, "policies": {},
+                 "features": {"pair": embedder([p for p, _ in items], [a for _, a in items]),
+                              "prompt": torch.stack([alone[p] for p, _ in items]),
+                              "answer": torch.stack([alone[a] for _, a in items])}}
+        write_cache(cache, saved)
+    saved.setdefault("policies", {})  # a cache written before the policy map
+    if policy != "none" and policy not in saved["policies"]:
+        saved["policies"][policy] = policy_hidden_states(items, policy, max_new_tokens)
+        write_cache(cache, saved)
+    return {**saved["features"], **({"policy": saved["policies"][policy]} if policy != "none" else {})}
+
+
+def write_cache(cache: Path, saved: dict) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
-    torch.save({"items": key, "features": features}, tmp)
+    torch.save(saved, tmp)
     tmp.replace(cache)
-    return features
+
+
+def policy_hidden_states(items: list[tuple[str, str]], policy: str, max_new_tokens: int) -> torch.Tensor:
+    """[M, d] `--erm_features policy` of each (prompt, answer): the frozen initial policy's hidden state."""
+    from fastalign.data import format_prompts
+    from fastalign.explore.features import PolicyHiddenFeatures
+    from fastalign.models import load_causal_lm, load_tokenizer, resolve_model_dir
+
+    model_dir = resolve_model_dir(policy)
+    tokenizer, model = load_tokenizer(model_dir), load_causal_lm(model_dir).eval()
+    prompts = sorted({p for p, _ in items})
+    formatted = format_prompts(tokenizer, prompts, RunConfig().max_prompt_tokens)
+    prompt_ids = dict(zip(prompts, (p.token_ids for p in formatted)))
+
+    def answer_ids(answer: str) -> list[int]:
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return ids + [tokenizer.eos_token_id] if len(ids) < max_new_tokens else ids
+
+    extractor = PolicyHiddenFeatures(model.get_decoder())
+    chunk = 64
+    return torch.cat([extractor([prompt_ids[p] for p, _ in items[i:i + chunk]],
+                                [answer_ids(a) for _, a in items[i:i + chunk]])
+                      for i in tqdm(range(0, len(items), chunk), desc="policy features", leave=False)])
 
 
 class Known:
@@ -174,6 +216,8 @@ def fit_logistic(phi: torch.Tensor, train: np.ndarray, test: np.ndarray, l2: flo
 def feature_maps(features: dict[str, torch.Tensor], criteria: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor]:
     maps = {"minilm": features["pair"],
             "minilm+prompt*answer": torch.cat([features["pair"], features["prompt"] * features["answer"]], 1)}
+    if "policy" in features:
+        maps["policy"] = features["policy"]
     if criteria is not None:
         maps["criteria"] = torch.tensor(np.stack(list(criteria.values()), 1), dtype=torch.float32)
     return maps
@@ -204,7 +248,7 @@ def main(argv=None, embedder=None) -> int:
     torch.manual_seed(0)
     runs_dirs = [Path(d) for d in args.runs_dirs.split(",")]
     prompts, items, runs = final_answers(runs_dirs)
-    features = embeddings(items, args.cache, embedder)
+    features = embeddings(items, args.cache, embedder, args.policy, args.max_new_tokens)
     known = Known({**dict(zip((p for p, _ in items), features["prompt"])),
                    **dict(zip((a for _, a in items), features["answer"]))})
     from fastalign.oracle import RubricOracle, VaderOracle
@@ -216,7 +260,7 @@ def main(argv=None, embedder=None) -> int:
     groups_of = {p: np.array(g) for p, g in groups_of.items()}
     argv = sys.argv[1:] if argv is None else list(argv)
     result = {"setup": {"command": " ".join(shlex.quote(x) for x in ["python", "bench/reward_features.py", *argv]),
-                        "cpu": cpu_model(), "dtype": "fp32",
+                        "cpu": cpu_model(), "dtype": "fp32", "policy": args.policy,
                         "runs_dirs": [str(d.resolve().relative_to(REPO)) if d.resolve().is_relative_to(REPO) else str(d)
                                       for d in runs_dirs],
                         "runs": runs, "prompts": len(prompts), "answers": len(items), "splits": args.splits,

@@ -107,16 +107,38 @@ def test_final_answers_reads_finished_runs_only(tmp_path):
     assert all(p in prompts for p, _ in items)
 
 
-def test_main_writes_accuracies_per_oracle_feature_map_and_learner(tmp_path):
+def test_policy_features_are_the_initial_policys_final_states_averaged_over_the_answer(tiny_model_dir, tokenizer):
+    """By hand: the model's last hidden_states entry (after the final norm) over [chat prompt, answer (+ stop)]."""
+    from fastalign.models import load_causal_lm
+
+    items = [("Write about tea.", "Tea is a drink."), ("Write about owls.", "Owls " * 40)]
+    got = rf.policy_hidden_states(items, str(tiny_model_dir), max_new_tokens=32)
+    model = load_causal_lm(tiny_model_dir).eval()
+    for row, (prompt, answer) in enumerate(items):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if row == 0:
+            answer_ids = answer_ids + [tokenizer.eos_token_id]  # short: it ended on the stop token
+        else:
+            assert len(answer_ids) >= 32  # cut at the length limit: no stop token
+        with torch.no_grad():
+            states = model(torch.tensor([prompt_ids + answer_ids]), output_hidden_states=True).hidden_states[-1][0]
+        torch.testing.assert_close(got[row], states[len(prompt_ids):].mean(0), atol=1e-5, rtol=1e-4)
+
+
+def test_main_writes_accuracies_per_oracle_feature_map_and_learner(tmp_path, tiny_model_dir, monkeypatch):
     sweep = fake_sweep(tmp_path)
     out, cache = tmp_path / "result", tmp_path / "cache" / "features.pt"
     argv = ["--runs_dirs", str(sweep), "--splits", "2", "--train_pairs", "8,64", "--test_pairs", "100",
-            "--cache", str(cache), "--out", str(out)]
+            "--cache", str(cache), "--out", str(out), "--policy", str(tiny_model_dir)]
     assert rf.main(argv, embedder=HashEmbedder()) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["setup"]["prompts"] == 16 and result["setup"]["splits"] == 2
-    assert set(result["oracles"]["vader"]) == {"minilm", "minilm+prompt*answer"}
-    assert set(result["oracles"]["rubric"]) == {"minilm", "minilm+prompt*answer", "criteria"}
+    assert result["setup"]["policy"] == str(tiny_model_dir)
+    assert set(result["oracles"]["vader"]) == {"minilm", "minilm+prompt*answer", "policy"}
+    assert set(result["oracles"]["rubric"]) == {"minilm", "minilm+prompt*answer", "policy", "criteria"}
     for learners in result["oracles"]["rubric"].values():
         assert set(learners) == {"reward_model", "logistic"}
         assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for lr in learners.values() for v in lr.values())
@@ -124,8 +146,11 @@ def test_main_writes_accuracies_per_oracle_feature_map_and_learner(tmp_path):
     assert cache.is_file()
 
     class Refuse:
-        def embed(self, texts):
-            raise AssertionError("the encoder ran although the cache covers these answers")
+        def embed(self, texts, *rest):
+            raise AssertionError("an encoder ran although the cache covers these answers")
         __call__ = embed
 
+    monkeypatch.setattr(rf, "policy_hidden_states", Refuse().embed)
     assert rf.main(argv, embedder=Refuse()) == 0
+    assert rf.main([*argv[:-2], "--policy", "none"], embedder=Refuse()) == 0  # the map left out, the cache kept
+    assert "policy" not in json.loads(out.with_suffix(".json").read_text())["oracles"]["vader"]
