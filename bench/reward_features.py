@@ -117,7 +117,7 @@ def embeddings(items: list[tuple[str, str]], cache: Path, embedder=None, policy:
                  "features": {"pair": embedder([p for p, _ in items], [a for _, a in items]),
                               "prompt": torch.stack([alone[p] for p, _ in items]),
                               "answer": torch.stack([alone[a] for _, a in items])}}
-        write_cache(cache, saved)
+        write_cache(cache, saved)  # before the policy's pass, so a run stopped there keeps the encoder's work
     saved.setdefault("policies", {})  # a cache written before the policy map
     if policy != "none" and policy not in saved["policies"]:
         saved["policies"][policy] = policy_hidden_states(items, policy, max_new_tokens)
