@@ -61,6 +61,8 @@ METHODS: dict[str, dict] = {
     "bai-ts": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}"},
     "best-worst": {"explore": "best-worst", "samples_per_prompt": "{sea_n}"},
     "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
+    # the SEA configuration to use (docs/benchmarks.md, "BAI-TS at twenty seeds")
+    "bai-ts-mixed": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
     # oat's mixed preference learning: no gate (every candidate the model labels is trained on)
     "ee-ts-mixed-ungated": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5,
                             "mixed_burn_in": 16, "mixed_min_confidence": 0.0, "mixed_min_accuracy": 0.0},
@@ -76,7 +78,7 @@ METHODS: dict[str, dict] = {
     "sail-pr": {"algorithm": "sail-pr"},
     "sail-pp": {"algorithm": "sail-pp"},
 }
-DEFAULT_METHODS = "passive,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"  # `--methods all` adds the algorithms
+DEFAULT_METHODS = "passive,bai-ts-mixed,ee-ts-mixed,ee-ts,bai-ts,best-worst,offline"  # `--methods all` adds the algorithms
 CONTROLS = ("passive", "passive-equal-updates")  # the methods every other one is compared with (a headline each)
 # A run saved before an option existed ran as this value of it (not necessarily today's default); a finished
 # run is reused only if today's config asks for that value.
@@ -151,14 +153,20 @@ def seed_list(text: str) -> list[int]:
 
 
 def variants(specs: list[str], ap: argparse.ArgumentParser) -> dict[str, dict]:
-    """--variant NAME=BASE:KEY=VALUE,... → {NAME: BASE's options updated with the given ones}."""
+    """--variant NAME=BASE:KEY=VALUE,... → {NAME: BASE's options updated with the given ones}.
+
+    NAME may repeat a method only with that method's own options, so a command written before the
+    variant became a method still runs (and reuses the same runs)."""
     out: dict[str, dict] = {}
     for spec in specs:
         name, _, rest = spec.partition("=")
         base, _, options = rest.partition(":")
-        if not name or base not in METHODS or name in METHODS:
+        if not name or base not in METHODS:
             ap.error(f"--variant {spec!r}: expected NEW_NAME=BASE:KEY=VALUE,... with BASE one of {', '.join(METHODS)}")
         out[name] = {**METHODS[base], **overrides([o for o in options.split(",") if o])}
+        if name in METHODS and out[name] != METHODS[name]:
+            ap.error(f"--variant {spec!r}: {name!r} is a method with other options ({METHODS[name]}); "
+                     "give the variant a new name")
     return out
 
 

@@ -200,6 +200,16 @@ def test_variants_add_methods_with_their_own_options():
         se.parse_args(["--variant", "x=magic:samples_per_prompt=8"])
 
 
+def test_a_variant_may_repeat_a_method_only_with_its_options():
+    """`bai-ts-mixed` was a variant before it was a method: the old command still runs the same runs."""
+    args = se.parse_args(["--variant", "bai-ts-mixed=ee-ts-mixed:explore=bai-ts", "--methods", "passive,bai-ts-mixed"])
+    assert args.method_options["bai-ts-mixed"] == se.METHODS["bai-ts-mixed"]
+    cfg = se.run_config(args, "bai-ts-mixed", 0)
+    assert (cfg.explore, cfg.samples_per_prompt, cfg.mixed_share, cfg.mixed_burn_in) == ("bai-ts", 4, 0.5, 16)
+    with pytest.raises(SystemExit):
+        se.parse_args(["--variant", "bai-ts-mixed=ee-ts-mixed:explore=ee-ts"])
+
+
 def test_bad_method_and_bad_option_are_refused_before_any_run(tmp_path):
     with pytest.raises(SystemExit):
         se.parse_args(["--methods", "passive,magic"])
