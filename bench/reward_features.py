@@ -51,14 +51,14 @@ from fastalign.config import DEFAULT_MODEL, RunConfig  # noqa: E402
 from fastalign.explore.reward_model import EpistemicRewardModel  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
-RUNS = ("sample_efficiency_sea_vader", "sample_efficiency_sea_rubric", "sample_efficiency_algorithms")
 ORACLES = ("vader", "rubric")  # the packaged oracles, scored in this process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs_dirs", default=",".join(str(REPO / "runs" / r) for r in RUNS),
-                    help="comma-separated sweep directories whose finished runs' final answers are used")
+    ap.add_argument("--runs_dirs", default=",".join(str(d) for d in sorted((REPO / "runs").glob("sample_efficiency*"))),
+                    help="comma-separated sweep directories whose finished runs' final answers are used "
+                         "(default: every runs/sample_efficiency* sweep)")
     ap.add_argument("--oracles", default="vader,rubric")
     ap.add_argument("--splits", type=int, default=3, help="prompt splits (seeds)")
     ap.add_argument("--train_pairs", default="80,160,320,640,1280", help="pairs seen when accuracy is measured")
@@ -246,7 +246,7 @@ def measure(scores: np.ndarray, maps: dict[str, torch.Tensor], groups_of: dict[s
 def main(argv=None, embedder=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
-    runs_dirs = [Path(d) for d in args.runs_dirs.split(",")]
+    runs_dirs = [Path(d) for d in args.runs_dirs.split(",") if d]
     prompts, items, runs = final_answers(runs_dirs)
     features = embeddings(items, args.cache, embedder, args.policy, args.max_new_tokens)
     known = Known({**dict(zip((p for p, _ in items), features["prompt"])),

@@ -107,6 +107,13 @@ def test_final_answers_reads_finished_runs_only(tmp_path):
     assert all(p in prompts for p, _ in items)
 
 
+def test_no_sweep_is_a_clear_error_before_any_encoder_runs(tmp_path):
+    for runs_dirs in ("", str(tmp_path / "none")):  # a fresh clone's default, a mistyped directory
+        with pytest.raises(SystemExit, match="run a sample-efficiency sweep first"):
+            rf.main(["--runs_dirs", runs_dirs, "--cache", str(tmp_path / "f.pt"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "f.pt").exists()
+
+
 def test_policy_features_are_the_initial_policys_final_states_averaged_over_the_answer(tiny_model_dir, tokenizer):
     """By hand: the model's last hidden_states entry (after the final norm) over [chat prompt, answer (+ stop)]."""
     from fastalign.models import load_causal_lm
