@@ -55,17 +55,18 @@ DEFAULT_OUT = REPO / "bench" / "results" / "sample_efficiency"
 DEFAULT_RUNS = REPO / "runs" / "sample_efficiency"
 
 # method → RunConfig overrides; "{sea_n}" is replaced by --sea_samples
+MIXED = {"mixed_share": 0.5, "mixed_burn_in": 16}  # SEA's mixed preference learning, one setting for every rule
 METHODS: dict[str, dict] = {
     "passive": {},  # online DPO: two random on-policy responses per prompt
     "ee-ts": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}"},
     "bai-ts": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}"},
     "best-worst": {"explore": "best-worst", "samples_per_prompt": "{sea_n}"},
-    "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
+    "ee-ts-mixed": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", **MIXED},
     # the SEA configuration to use (docs/benchmarks.md, "BAI-TS at twenty seeds")
-    "bai-ts-mixed": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5, "mixed_burn_in": 16},
+    "bai-ts-mixed": {"explore": "bai-ts", "samples_per_prompt": "{sea_n}", **MIXED},
     # oat's mixed preference learning: no gate (every candidate the model labels is trained on)
-    "ee-ts-mixed-ungated": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", "mixed_share": 0.5,
-                            "mixed_burn_in": 16, "mixed_min_confidence": 0.0, "mixed_min_accuracy": 0.0},
+    "ee-ts-mixed-ungated": {"explore": "ee-ts", "samples_per_prompt": "{sea_n}", **MIXED,
+                            "mixed_min_confidence": 0.0, "mixed_min_accuracy": 0.0},
     "apl": {"explore": "apl", "samples_per_prompt": "{sea_n}"},  # Muldrew et al. 2024, a baseline of the SEA paper
     # passive online DPO with more policy updates per round: the equal-updates control of mixed preference
     "passive-equal-updates": {"updates_per_round": "{equal_updates}"},
