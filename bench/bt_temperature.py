@@ -17,7 +17,6 @@ Written: OUT.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from fastalign.atomic import write_json_atomic  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
 GRID = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -112,9 +112,7 @@ def main(argv=None) -> int:
         print(f"{name}: {summary['pairs']} pairs, median gap {summary['median_gap']:.3f}; agreement by T: "
               + ", ".join(f"{t}: {a:.2f}" for t, a in summary["agreement"].items())
               + f"; T for {args.target:.2f}: {summary['temperature']:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out.with_suffix('.json')}")
+    print(f"wrote {write_json_atomic(args.out.with_suffix('.json'), result, indent=1)}")
     return 0
 
 

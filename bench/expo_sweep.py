@@ -99,12 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastalign.atomic import write_json_atomic
+
     args = parse_args(argv)
     print("| alpha | win rate vs SFT | ties | oracle score | response tokens |\n|---|---|---|---|---|", flush=True)
     result = sweep(args.run, parse_alphas(args.alphas), args.engine, args.aligned, args.num_eval_prompts)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json_atomic(args.out, result)}")
     return 0
 
 

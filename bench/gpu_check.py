@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -204,10 +203,9 @@ def stage(report: dict, name: str, fn, *args) -> None:
 
 
 def write_report(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(out)
+    from fastalign.atomic import write_json_atomic
+
+    write_json_atomic(out, report, indent=1)
 
 
 def passed(section) -> bool:

@@ -12,7 +12,6 @@ the order of passes, serve with prefix caching off (`--no-enable-prefix-caching`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastalign.atomic import write_json_atomic
 from fastalign.config import DEFAULT_MODEL, RunConfig
 from fastalign.data import load_prompts
 from fastalign.machine import cpu_model
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json_atomic(args.out, report)}")
 
 
 if __name__ == "__main__":

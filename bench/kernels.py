@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastalign.atomic import write_json_atomic  # noqa: E402
 from fastalign.learner.logprobs import ResponseHidden, loss_from_hidden  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
 
@@ -236,14 +237,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_one(cfg))
                 print(table(rows).splitlines()[-1], flush=True)
     print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(["python", "bench/kernels.py", *(argv or sys.argv[1:])]),
-                                    "memory_method": "CPU: VmHWM after the run minus VmRSS before it (peak-RSS counter "
-                                    "reset via /proc/self/clear_refs); CUDA: max_memory_allocated minus allocated "
-                                    "before; fresh process per method and config",
-                                    "dtype": args.dtype, "loss": "dpo", "machine": machine(args.device),
-                                    "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
-                                    "results": rows}, indent=1))
+    write_json_atomic(args.out, {"command": " ".join(["python", "bench/kernels.py", *(argv or sys.argv[1:])]),
+                                 "memory_method": "CPU: VmHWM after the run minus VmRSS before it (peak-RSS counter "
+                                 "reset via /proc/self/clear_refs); CUDA: max_memory_allocated minus allocated "
+                                 "before; fresh process per method and config",
+                                 "dtype": args.dtype, "loss": "dpo", "machine": machine(args.device),
+                                 "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
+                                 "results": rows}, indent=1)
     print(f"wrote {args.out}")
     return 1 if any("error" in r for r in rows) else 0
 

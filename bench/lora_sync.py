@@ -59,6 +59,7 @@ def summarise(rows: list[dict], args) -> dict:
 def run_mode(args) -> dict:
     import torch
 
+    from fastalign.atomic import write_json_atomic
     from fastalign.engine.vllm_engine import VLLMEngine
     from fastalign.learner.lora import AdaptedWeights
     from fastalign.threads import set_torch_threads
@@ -87,7 +88,7 @@ def run_mode(args) -> dict:
             engine.generate_fixed(prompts, args.samples_per_prompt, args.max_new_tokens, seed=k)
             t2 = time.perf_counter()
             rows.append({"sync_s": t1 - t0, "generate_s": t2 - t1})
-            Path(args.mode_out).write_text(json.dumps(summarise(rows, args), indent=2))  # kept if timed out
+            write_json_atomic(args.mode_out, summarise(rows, args))  # kept if timed out
     engine.close()
     return summarise(rows, args)
 
@@ -184,6 +185,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastalign.atomic import write_json_atomic
+
     args = parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
         VLLMEngine.generate_fixed = _plain_generate_fixed
         args.model_dir = str(resolve_model_dir(args.model))
-        Path(args.mode_out).write_text(json.dumps(run_mode(args), indent=2))
+        write_json_atomic(args.mode_out, run_mode(args))
         return 0
     sys.path.insert(0, str(REPO))
     from bench.throughput import machine_info
@@ -213,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         round_s = {mode: sum(r["median"].values()) for mode, r in results.items()}
         report["vllm_lora_round_vs_merged"] = round_s["vllm-lora"] / round_s["merged"]
         print(f"vllm-lora round (sync + generate) vs merged: {report['vllm_lora_round_vs_merged']:.2f}×")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {args.out}")
+    print(f"written: {write_json_atomic(args.out, report)}")
     return 0 if all("median" in r and "failed" not in r for r in results.values()) else 1
 
 

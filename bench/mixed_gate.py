@@ -40,6 +40,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastalign.atomic import write_json_atomic  # noqa: E402
 from fastalign.explore.explorer import EpistemicExplorer, confident_pairs, identity_ids, pair_view  # noqa: E402
 from fastalign.explore.reward_model import EpistemicRewardModel  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
@@ -91,9 +92,8 @@ def sample(args) -> list[dict]:
     finally:
         engine.close()
     rows = [{"prompt": p.instruction, "answers": [c.text for c in group]} for p, group in zip(prompts, out)]
-    args.runs_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1) + "\n")
-    (args.runs_dir / "samples_meta.json").write_text(json.dumps({"dtype": resolve_dtype("auto"), "cpu": cpu_model()}))
+    write_json_atomic(path, rows, indent=1)
+    write_json_atomic(args.runs_dir / "samples_meta.json", {"dtype": resolve_dtype("auto"), "cpu": cpu_model()})
     return rows
 
 
@@ -220,9 +220,7 @@ def main(argv=None) -> int:
             q = summary["curve"]
             print("  prequential accuracy per round: " + " ".join(f"{x:.2f}" for x in q["preq_round_accuracy"]))
             print("  training-minibatch accuracy:    " + " ".join(f"{x:.2f}" for x in q["train_accuracy"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out.with_suffix('.json')}")
+    print(f"wrote {write_json_atomic(args.out.with_suffix('.json'), result, indent=1)}")
     return 0
 
 

@@ -36,7 +36,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("sample_efficiency", REPO / "bench" / "sample_efficiency.py")
 se = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(se)
+_spec.loader.exec_module(se)  # puts the checkout on sys.path
+
+from fastalign.atomic import write_json_atomic  # noqa: E402
 
 # what two sweeps must share to be replicates of one comparison (setup fields of their JSONs)
 SHARED = ("model", "oracle", "preference", "loss", "queries", "batch_size", "sea_samples", "eval_prompts",
@@ -176,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                        **{k: setup.get(k) for k in SHARED},
                        "bootstrap": {"resamples": se.BOOTSTRAP_RESAMPLES, "seed": se.BOOTSTRAP_SEED},
                        "date": time.strftime("%Y-%m-%d")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out.with_suffix(".json"), result)
     se.plot(result, args.out.with_suffix(".png"),
             f"{setup['loss']} · {setup['oracle']} oracle · {len(reps)} paired seeds over {len(sweeps)} sweeps")
     print(table(result))

@@ -47,6 +47,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastalign.atomic import write_json_atomic  # noqa: E402
 from fastalign.config import DEFAULT_MODEL, RunConfig  # noqa: E402
 from fastalign.explore.reward_model import EpistemicRewardModel  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
@@ -277,9 +278,7 @@ def main(argv=None, embedder=None) -> int:
         for feat, learners in result["oracles"][name].items():
             for learner, accs in learners.items():
                 print(f"  {feat:22s} {learner:13s} " + " / ".join(f"{np.mean(v):.3f}" for v in accs.values()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out.with_suffix('.json')}")
+    print(f"wrote {write_json_atomic(args.out.with_suffix('.json'), result, indent=1)}")
     return 0
 
 

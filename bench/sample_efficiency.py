@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastalign.algorithms import algorithm_class  # noqa: E402
+from fastalign.atomic import write_json_atomic  # noqa: E402
 from fastalign.config import RunConfig  # noqa: E402
 from fastalign.explore.selection import THOMPSON_RULES  # noqa: E402
 from fastalign.machine import cpu_model  # noqa: E402
@@ -618,8 +619,7 @@ def main(argv: list[str] | None = None) -> int:
                        "cpu": cpu_model(), "cores": os.cpu_count(), "bootstrap": {
                            "resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED},
                        "date": date}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out.with_suffix(".json"), result)
     seeds = sorted({len(done[m]) for m in methods})
     seeds_text = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
     labels = "" if first.preference == "deterministic" else f" · BT labels (T {first.bt_temperature:g})"

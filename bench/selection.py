@@ -12,7 +12,6 @@ figures are reported next to them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from fastalign.atomic import write_json_atomic
 from fastalign.explore.selection import STRATEGIES, select_pairs
 from fastalign.machine import cpu_model
 
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report = run(args)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_json_atomic(args.out, report)}")
 
 
 if __name__ == "__main__":

@@ -445,12 +445,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastalign.atomic import write_json_atomic
+
     args = parse_args(argv)
 
     if args.part:  # one contender, maybe one rank of several
         result = run_part(args)
         if args.part_out and int(os.environ.get("RANK", "0")) == 0:
-            Path(args.part_out).write_text(json.dumps(result, indent=2))
+            write_json_atomic(args.part_out, result)
         elif not args.part_out and int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(result, indent=2))
         return 0
@@ -469,9 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "config": {
         k: v for k, v in vars(args).items() if k not in ("part", "part_out", "zero_stage")}, "machine": info,
         "results": results, "ratios": rel}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written: {args.out}")
+    print(f"written: {write_json_atomic(args.out, report)}")
     failed = [name for name, r in results.items() if "failed" in r]
     return 1 if failed else 0
 

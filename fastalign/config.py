@@ -13,8 +13,10 @@ import os
 import re
 import typing
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from .atomic import write_json_atomic
 
 ORACLES = ("vader", "rubric", "callable", "reward-model", "judge", "remote-reward")
 ENGINES = ("auto", "vllm", "hf")
@@ -375,7 +377,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> "RunConfig":

@@ -46,7 +46,8 @@ def extrapolate(sft_dir: str | os.PathLike, aligned_dir: str | os.PathLike, alph
     """Write the extrapolated model to out_dir (atomically) and return its path."""
     from transformers import AutoModelForCausalLM
 
-    from .models import atomic_directory, load_tokenizer
+    from .atomic import atomic_directory
+    from .models import load_tokenizer
 
     adapter = is_adapter(aligned_dir)
     if not (Path(sft_dir) / "config.json").is_file():

@@ -8,7 +8,6 @@ bench reports.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .algorithms import Algorithm
+from .atomic import write_json_atomic
 from .checkpoint import Checkpointer, ProcessRng
 from .config import RunConfig
 from .data import PromptStream
@@ -373,7 +373,5 @@ class OnlineLoop:
         if is_main_process():  # summary.json last: it marks the run finished, so a kill before it is resumed
             evals = read_metrics(self.metrics.path, kind="eval")
             plot_win_rate(evals, self.out / "win_rate.png", title=f"{self.cfg.loss} · {self.cfg.oracle} oracle")
-            partial = self.out / "summary.json.partial"
-            partial.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(partial, self.out / "summary.json")
+            write_json_atomic(self.out / "summary.json", summary)
         return summary

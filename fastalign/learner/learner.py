@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from ..algorithms import Algorithm
+from ..atomic import atomic_directory
 from ..config import RunConfig
 from ..losses import SequenceLogps, preference_metrics
-from ..models import atomic_directory, load_causal_lm, resolve_dtype
+from ..models import load_causal_lm, resolve_dtype
 from ..types import PreferencePair
 from . import logprobs
 from .distributed import all_reduce_max, all_reduce_sum, comm_device, is_main_process
