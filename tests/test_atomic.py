@@ -14,6 +14,13 @@ def test_write_text_creates_parents_and_replaces(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]  # no temporary left beside it
 
 
+def test_mode_is_a_plain_writes(tmp_path):
+    plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
+    plain.write_text("x")
+    write_text_atomic(atomic, "x")
+    assert atomic.stat().st_mode == plain.stat().st_mode  # not a private temporary file's 0600
+
+
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "out.txt"
     path.write_text("old\n")
