@@ -14,7 +14,7 @@ def test_write_text_creates_parents_and_replaces(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]  # no temporary left beside it
 
 
-def test_mode_is_a_plain_writes(tmp_path):
+def test_mode_is_that_of_a_plain_write(tmp_path):
     plain, atomic = tmp_path / "plain.txt", tmp_path / "atomic.txt"
     plain.write_text("x")
     write_text_atomic(atomic, "x")
@@ -24,7 +24,6 @@ def test_mode_is_a_plain_writes(tmp_path):
 def test_failed_write_keeps_the_old_file(tmp_path):
     path = tmp_path / "out.txt"
     path.write_text("old\n")
-
     with pytest.raises(TypeError):
         write_text_atomic(path, b"bytes are not text")  # type: ignore[arg-type]
     assert path.read_text() == "old\n"
