@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(seeds) < 2:
         raise SystemExit(f"need ≥ 2 seeds with both a method run and a control run; method has {sorted(method)}, "
                          f"control {sorted(control)}")
+    left_out = sorted(set(method) - set(control))
+    if left_out:
+        print(f"method seeds without a control run, left out: {left_out}")
     for s in seeds:
         check_same_setting(method[s], control[s])
     rows = [at_equal_updates(method[s], control[s]) for s in seeds]
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"seeds": rows, "summary": summary,
               "setup": {"command": " ".join(shlex.quote(x) for x in ["python", "bench/equal_updates.py", *argv]),
                         "cpu": cpu_model(), "method_runs": args.method_runs, "control_runs": args.control_runs,
+                        "method_seeds_left_out": left_out,
                         **{k: config.get(k) for k in SHARED}, "date": time.strftime("%Y-%m-%d")}}
     print(table(result))
     print(f"wrote {write_json_atomic(args.out.with_suffix('.json'), result)}")

@@ -41,6 +41,7 @@ def test_control_at_equal_updates_and_ratio_by_hand(tmp_path, capsys):
     # passive makes 7 a round: 35 after 40 queries, 36 after 40 + 8/7
     run(control, 0, [7] * 6, [0.5, 0.55, 0.6, 0.7], 48)
     run(control, 1, [7] * 6, [0.5, 0.6, 0.62, 0.66], 48)
+    run(method, 2, [8, 8, 10, 10], [0.5, 0.9, 0.9], 32)  # no control run of seed 2: left out, and said
     assert eu.main(["--method_runs", str(method), "--control_runs", str(control), "--out", str(tmp_path / "eu")]) == 0
     out = json.loads((tmp_path / "eu.json").read_text())
     q = 40 + 8 / 7
@@ -57,7 +58,9 @@ def test_control_at_equal_updates_and_ratio_by_hand(tmp_path, capsys):
     assert s["vs_budget"]["mean"] == pytest.approx(0.065) and s["vs_budget"]["positive"] == 2
     # target = mean of at_equal = 0.65; the method's mean curve 0.5, 0.575, 0.675 reaches it at 28 of 32 queries
     assert s["ratio_at_equal_updates"]["ratio"] == pytest.approx(28 / 32)
-    assert "passive at equal updates" in capsys.readouterr().out
+    assert out["setup"]["method_seeds_left_out"] == [2]
+    printed = capsys.readouterr().out
+    assert "left out: [2]" in printed and "passive at equal updates" in printed
 
 
 def test_a_control_that_stops_too_early_is_refused(tmp_path):
