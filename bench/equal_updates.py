@@ -98,16 +98,10 @@ def pair_updates(run: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.array(queries), np.array(total)
 
 
-def eval_curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Queries and win rates of the run's evaluations."""
-    rows = read_metrics(run / "metrics.jsonl", kind="eval")
-    return np.array([r["queries"] for r in rows], float), np.array([r["win_rate"] for r in rows], float)
-
-
-def at_equal_updates(method: Path, control: Path) -> dict:
+def at_equal_updates(method: Path, control: Path, m_eval: tuple[np.ndarray, np.ndarray]) -> dict:
     """The method's final and pair-updates at its budget, and the control's win rate where it had made as
     many. Read at the budget, between the rounds either side, as the sweeps read their curves: runs made
-    before the budget was a hard cap end up to one round past it."""
+    before the budget was a hard cap end up to one round past it. `m_eval`: the method's evaluations."""
     config = json.loads((method / "config.json").read_text())
     budget = float(config["max_queries"])
     mq, mu = pair_updates(method)
@@ -117,7 +111,7 @@ def at_equal_updates(method: Path, control: Path) -> dict:
         raise SystemExit(f"{control} made {cu[-1]:.0f} pair-updates in {cq[-1]:.0f} queries, fewer than the method's "
                          f"{updates:.0f} ({method}): run passive to a longer budget (--queries)")
     q_equal = se.queries_to_reach(cq, cu, updates)  # the first query count with as many updates
-    m_eval, c_eval = eval_curve(method), eval_curve(control)
+    c_eval = se.curve(control)
     return {"seed": int(config["seed"]), "method_queries": budget, "method_pair_updates": updates,
             "method_final": float(np.interp(budget, *m_eval)), "control_at_budget": float(np.interp(budget, *c_eval)),
             "control_queries_at_equal_updates": q_equal, "control_at_equal_updates": float(np.interp(q_equal, *c_eval))}
@@ -135,18 +129,17 @@ def equal_updates_ratio(method_curves: np.ndarray, grid: np.ndarray, targets: np
     return float("inf") if q_method is None else q_method / float(grid[-1])
 
 
-def pooled_ratio(rows: list[dict], method: dict[int, Path], step: float) -> dict:
+def pooled_ratio(rows: list[dict], evals: dict[int, tuple[np.ndarray, np.ndarray]], step: float) -> dict:
     """The equal-updates ratio on all seeds and its paired bootstrap 95% interval (as sample_efficiency.py's),
     on a grid `step` queries apart (the runs' evaluation spacing), reading curves linearly between evaluations."""
     budget = min(r["method_queries"] for r in rows)
     grid = np.append(np.arange(0, budget, step), budget)
-    m = np.stack([np.interp(grid, *eval_curve(method[r["seed"]])) for r in rows])
+    m = np.stack([np.interp(grid, *evals[r["seed"]]) for r in rows])
     t = np.array([r["control_at_equal_updates"] for r in rows])
     draws = np.random.default_rng(se.BOOTSTRAP_SEED).integers(0, len(rows), size=(se.BOOTSTRAP_RESAMPLES, len(rows)))
-    ratios = np.sort([equal_updates_ratio(m[d], grid, t[d]) for d in draws])
-    interval = [float(ratios[int(np.floor(0.025 * (ratios.size - 1)))]),
-                float(ratios[int(np.ceil(0.975 * (ratios.size - 1)))])]
-    return {"ratio": equal_updates_ratio(m, grid, t), "ci95": interval, "resamples": se.BOOTSTRAP_RESAMPLES,
+    ratios = np.array([equal_updates_ratio(m[d], grid, t[d]) for d in draws])
+    return {"ratio": equal_updates_ratio(m, grid, t), "ci95": se.percentile_interval(ratios),
+            "resamples": se.BOOTSTRAP_RESAMPLES,
             "share_not_reached": float(np.isinf(ratios).mean()), "share_at_most_half": float((ratios <= 0.5).mean())}
 
 
@@ -179,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"method seeds without a control run, left out: {left_out}")
     for s in seeds:
         check_same_setting(method[s], control[s])
-    rows = [at_equal_updates(method[s], control[s]) for s in seeds]
+    evals = {s: se.curve(method[s]) for s in seeds}
+    rows = [at_equal_updates(method[s], control[s], evals[s]) for s in seeds]
     config = json.loads((method[seeds[0]] / "config.json").read_text())
     final = np.array([r["method_final"] for r in rows])
     summary = {"vs_budget": difference(final - np.array([r["control_at_budget"] for r in rows])),
                "vs_equal_updates": difference(final - np.array([r["control_at_equal_updates"] for r in rows])),
                "control_queries_mean": float(np.mean([r["control_queries_at_equal_updates"] for r in rows])),
-               "ratio_at_equal_updates": pooled_ratio(rows, method, config["eval_every"] * config["batch_size"])}
+               "ratio_at_equal_updates": pooled_ratio(rows, evals, config["eval_every"] * config["batch_size"])}
     argv = sys.argv[1:] if argv is None else list(argv)
     result = {"seeds": rows, "summary": summary,
               "setup": {"command": " ".join(shlex.quote(x) for x in ["python", "bench/equal_updates.py", *argv]),

@@ -359,8 +359,9 @@ def earlier_setup(path: Path, done: dict[str, list[RunConfig]]) -> dict:
         return {}
 
 
-def curve(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    rows = read_metrics(Path(cfg.output_dir) / "metrics.jsonl", kind="eval")
+def curve(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Queries and win rates of the evaluations of the run in folder `run`."""
+    rows = read_metrics(run / "metrics.jsonl", kind="eval")
     return np.array([r["queries"] for r in rows], float), np.array([r["win_rate"] for r in rows], float)
 
 
@@ -478,14 +479,20 @@ def bootstrap_ratio(grid: np.ndarray, method: dict[int, np.ndarray], control: di
     c = np.stack([control[s] for s in seeds])
     draws = np.random.default_rng(seed).integers(0, len(seeds), size=(resamples, len(seeds)))
     ratios = np.array([reach_ratio(grid, m[d], c[d]) for d in draws])
-    finite = np.sort(ratios[~np.isnan(ratios)])
-    interval = [None, None]
-    if finite.size:
-        interval = [float(finite[int(np.floor(0.025 * (finite.size - 1)))]),
-                    float(finite[int(np.ceil(0.975 * (finite.size - 1)))])]
-    return {"ratio": reach_ratio(grid, m, c), "ci95": interval, "seeds": seeds, "resamples": resamples,
+    return {"ratio": reach_ratio(grid, m, c), "ci95": percentile_interval(ratios), "seeds": seeds,
+            "resamples": resamples,
             "share_not_reached": float(np.isinf(ratios).mean()), "share_undefined": float(np.isnan(ratios).mean()),
             "share_at_most_half": float((ratios <= 0.5).mean())}
+
+
+def percentile_interval(draws: np.ndarray) -> list[float | None]:
+    """The 95% percentile interval of bootstrap draws as order statistics (an infinite draw counts as the
+    largest; NaN draws are left out); [None, None] if every draw is NaN."""
+    finite = np.sort(draws[~np.isnan(draws)])
+    if not finite.size:
+        return [None, None]
+    return [float(finite[int(np.floor(0.025 * (finite.size - 1)))]),
+            float(finite[int(np.ceil(0.975 * (finite.size - 1)))])]
 
 
 def plot(result: dict, path: Path, title: str) -> None:
@@ -595,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in methods if done[m]]
     if not methods:
         raise SystemExit("no finished runs to summarise")
-    result = summarise(args, methods, {m: {c.seed: curve(c) for c in done[m]} for m in methods})
+    result = summarise(args, methods, {m: {c.seed: curve(Path(c.output_dir)) for c in done[m]} for m in methods})
     for m in methods:  # means over the finished seeds
         runs = [training_done(c) for c in done[m]]
         result["methods"][m]["training"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
